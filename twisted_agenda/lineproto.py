@@ -1,0 +1,338 @@
+"""The client line protocol: what a person types in ``nc`` or ``telnet``.
+
+Requests end with ``\\n`` (a trailing ``\\r`` is ignored); replies end with
+``\\r\\n``. Arguments split like a POSIX shell and reply values are quoted
+the same way. Every request gets its reply in order, even when writes wait
+for the disk, so a client may pipeline many requests. The full reference is
+docs/protocol.md.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+
+from twisted.internet import defer, protocol
+from twisted.logger import Logger
+from twisted.protocols.policies import TimeoutMixin
+from twisted.python.failure import Failure
+
+from twisted_agenda import __version__, quoting
+from twisted_agenda.crdt import Change
+from twisted_agenda.journal import JournalUnavailable
+from twisted_agenda.model import Contact, InvalidField
+from twisted_agenda.node import Exists, Node, NotFound
+
+log = Logger()
+
+MAX_LINE = 16 * 1024
+DEFAULT_IDLE_TIMEOUT = 300.0
+#: Stop reading from a client with this many replies still waiting.
+MAX_PENDING_REPLIES = 2000
+
+HELP = """\
+ADD <name> <phone> [email=<e>] [note=<n>]   add a contact
+UPDATE <name> [<phone>] [phone=<p>] [email=<e>] [note=<n>]   change fields ("" clears)
+REMOVE <name>                remove a contact
+GET <name>                   show one contact
+LIST                         every contact, sorted by name
+FIND <text>                  contacts whose name, phone or email contain text
+WATCH / UNWATCH              stream changes from every node as EVENT lines
+STATUS                       node, replication and peer state
+HELP                         this text
+QUIT                         close the connection
+Quote values with spaces: ADD "Maria da Silva" "+55 11 91234-5678\""""
+
+
+class RequestError(Exception):
+    """A request the protocol refuses: ``ERR <code> <message>``."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def contact_line(contact: Contact, verb: str = "CONTACT") -> str:
+    parts = [verb, quoting.quote(contact.name), quoting.quote(contact.phone)]
+    parts += [
+        f"{f}={quoting.quote(getattr(contact, f))}"
+        for f in ("email", "note")
+        if getattr(contact, f)
+    ]
+    return " ".join(parts)
+
+
+def event_line(change: Change) -> str:
+    contact = change.after if change.after is not None else change.before
+    assert contact is not None
+    return contact_line(contact, f"EVENT {change.kind}")
+
+
+def parse_fields(args: list[str], positional: tuple[str, ...]) -> dict[str, str]:
+    """``name phone email=x`` -> fields; positionals fill ``positional`` in order."""
+    fields: dict[str, str] = {}
+    slots = list(positional)
+    for arg in args:
+        key, eq, value = arg.partition("=")
+        if eq and key.isalpha() and key.isascii():
+            key = key.lower()  # unknown names are refused by clean_fields
+        elif slots:
+            key, value = slots.pop(0), arg
+        else:
+            raise RequestError("bad-request", f"unexpected argument {arg!r}")
+        if key in fields:
+            raise RequestError("bad-request", f"{key} given twice")
+        fields[key] = value
+    return fields
+
+
+class AgendaLineProtocol(protocol.Protocol, TimeoutMixin):
+    def __init__(self) -> None:
+        self._buffer = b""
+        self._discarding = False
+        self._replies: deque[_Slot] = deque()
+        self._paused = False
+        self._closing = False
+        self._watching = False
+
+    @property
+    def node(self) -> Node:
+        return self.factory.node
+
+    # -- connection ----------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        self.setTimeout(self.factory.idle_timeout)
+        self._send([f"OK agenda {__version__} node={quoting.quote(self.node.node_id)}"])
+
+    def connectionLost(self, reason=protocol.connectionDone) -> None:
+        self.setTimeout(None)
+        self._unwatch()
+        self._closing = True
+
+    def timeoutConnection(self) -> None:
+        self._send(["ERR timeout idle for too long; closing"])
+        self.transport.loseConnection()
+
+    # -- framing -------------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._closing:
+            return
+        self.resetTimeout()
+        self._buffer += data
+        while not self._closing:
+            line, newline, rest = self._buffer.partition(b"\n")
+            if not newline:
+                break
+            self._buffer = rest
+            if self._discarding:
+                # The tail of a line that was already answered with too-long.
+                self._discarding = False
+                continue
+            if len(line) > MAX_LINE:
+                self._reply(too_long())
+                continue
+            self._line(line.removesuffix(b"\r"))
+        if len(self._buffer) > MAX_LINE:
+            self._buffer = b""
+            if not self._discarding:
+                self._discarding = True
+                self._reply(too_long())
+
+    def _line(self, raw: bytes) -> None:
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            self._reply(["ERR bad-request request is not valid UTF-8"])
+            return
+        if not text.strip():
+            return
+        self._reply(self._dispatch(text))
+
+    # -- ordered replies -----------------------------------------------------
+
+    def _reply(self, result: list[str] | defer.Deferred) -> None:
+        slot = _Slot()
+        self._replies.append(slot)
+        if isinstance(result, defer.Deferred):
+            result.addErrback(self._error_lines).addCallback(self._fill, slot)
+        else:
+            self._fill(result, slot)
+        if len(self._replies) > MAX_PENDING_REPLIES and not self._paused:
+            self._paused = True
+            self.transport.pauseProducing()
+
+    def _fill(self, lines: list[str], slot: _Slot) -> None:
+        slot.lines = lines
+        while self._replies and self._replies[0].lines is not None:
+            self._send(self._replies.popleft().lines)
+        if self._paused and len(self._replies) < MAX_PENDING_REPLIES // 2:
+            self._paused = False
+            self.transport.resumeProducing()
+        if self._closing and not self._replies and self.connected:
+            self.transport.loseConnection()
+
+    def _send(self, lines: list[str]) -> None:
+        self.transport.write("".join(line + "\r\n" for line in lines).encode("utf-8"))
+
+    # -- dispatch ------------------------------------------------------------
+
+    def _dispatch(self, text: str) -> list[str] | defer.Deferred:
+        try:
+            args = quoting.split(text)
+        except ValueError as e:
+            return [f"ERR bad-request cannot split request: {e}"]
+        if not args:
+            return []
+        verb, args = args[0].upper(), args[1:]
+        handler: Callable | None = getattr(self, f"do_{verb}", None)
+        if handler is None:
+            return [
+                f"ERR unknown-command unknown command {quoting.quote(verb)}; try HELP"
+            ]
+        try:
+            return handler(args)
+        except Exception:
+            return self._error_lines(Failure())
+
+    def _error_lines(self, failure) -> list[str]:
+        error = failure.value
+        if isinstance(error, RequestError):
+            return [f"ERR {error.code} {error}"]
+        if isinstance(error, InvalidField):
+            return [f"ERR bad-request {error}"]
+        if isinstance(error, NotFound):
+            return [f"ERR not-found no contact named {quoting.quote(str(error))}"]
+        if isinstance(error, Exists):
+            return [f"ERR exists a contact named {quoting.quote(str(error))} exists"]
+        if isinstance(error, JournalUnavailable):
+            return [f"ERR unavailable {error}"]
+        log.failure("request failed", failure)
+        return ["ERR internal the node failed to handle this request (see its log)"]
+
+    # -- commands ------------------------------------------------------------
+
+    def do_HELP(self, args: list[str]) -> list[str]:
+        return [*HELP.splitlines(), "OK help"]
+
+    def do_QUIT(self, args: list[str]) -> list[str]:
+        self._closing = True
+        return ["OK bye"]
+
+    def do_ADD(self, args: list[str]) -> defer.Deferred:
+        fields = parse_fields(args, ("name", "phone"))
+        if "name" not in fields or "phone" not in fields:
+            raise RequestError("bad-request", "usage: ADD <name> <phone> [email=<e>]")
+        d = self.node.add(**fields)
+        return d.addCallback(lambda c: [f"OK added {quoting.quote(c.name)}"])
+
+    def do_UPDATE(self, args: list[str]) -> defer.Deferred:
+        fields = parse_fields(args, ("name", "phone"))
+        name = fields.pop("name", None)
+        if name is None or not fields:
+            raise RequestError(
+                "bad-request", "usage: UPDATE <name> [<phone>] [email=<e>] [note=<n>]"
+            )
+        d = self.node.update(name, **fields)
+        return d.addCallback(lambda c: [f"OK updated {quoting.quote(c.name)}"])
+
+    def do_REMOVE(self, args: list[str]) -> defer.Deferred:
+        name = self._one_name(args, "REMOVE")
+        contact = self.node.get(name)
+        d = self.node.remove(name)
+        return d.addCallback(lambda _: [f"OK removed {quoting.quote(contact.name)}"])
+
+    def do_GET(self, args: list[str]) -> list[str]:
+        contact = self.node.get(self._one_name(args, "GET"))
+        return [contact_line(contact), "OK 1"]
+
+    def do_LIST(self, args: list[str]) -> list[str]:
+        if args:
+            raise RequestError("bad-request", "LIST takes no arguments; try FIND")
+        return self._contact_lines(self.node.contacts())
+
+    def do_FIND(self, args: list[str]) -> list[str]:
+        if not args:
+            raise RequestError("bad-request", "usage: FIND <text>")
+        return self._contact_lines(self.node.find(" ".join(args)))
+
+    def do_WATCH(self, args: list[str]) -> list[str]:
+        if not self._watching:
+            self._watching = True
+            self.node.watchers.add(self._event)
+            # A watcher is quiet by design: it must not time out.
+            self.setTimeout(None)
+        return ["OK watching"]
+
+    def do_UNWATCH(self, args: list[str]) -> list[str]:
+        self._unwatch()
+        self.setTimeout(self.factory.idle_timeout)
+        return ["OK unwatched"]
+
+    def do_STATUS(self, args: list[str]) -> list[str]:
+        lines = [f"{k}={v}" for k, v in self.factory.status()]
+        return [*lines, "OK status"]
+
+    # -- helpers -------------------------------------------------------------
+
+    def _one_name(self, args: list[str], verb: str) -> str:
+        if len(args) != 1:
+            raise RequestError("bad-request", f"usage: {verb} <name>")
+        return args[0]
+
+    def _contact_lines(self, contacts: list[Contact]) -> list[str]:
+        return [*(contact_line(c) for c in contacts), f"OK {len(contacts)}"]
+
+    def _event(self, change: Change) -> None:
+        self._send([event_line(change)])
+
+    def _unwatch(self) -> None:
+        if self._watching:
+            self._watching = False
+            self.node.watchers.discard(self._event)
+
+
+def too_long() -> list[str]:
+    return [f"ERR too-long request longer than {MAX_LINE} bytes; ignored"]
+
+
+class _Slot:
+    """A reply's place in line; ``lines`` is None until the reply is ready."""
+
+    __slots__ = ("lines",)
+
+    def __init__(self) -> None:
+        self.lines: list[str] | None = None
+
+
+class AgendaLineFactory(protocol.Factory):
+    protocol = AgendaLineProtocol
+
+    def __init__(
+        self,
+        node: Node,
+        idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT,
+        status: Callable[[], list[tuple[str, object]]] | None = None,
+        clock=None,
+    ) -> None:
+        self.node = node
+        self.idle_timeout = idle_timeout
+        self.status = status or (lambda: basic_status(node))
+        self.clock = clock
+
+    def buildProtocol(self, addr):
+        p = super().buildProtocol(addr)
+        if self.clock is not None:
+            p.callLater = self.clock.callLater
+        return p
+
+
+def basic_status(node: Node) -> list[tuple[str, object]]:
+    vv = ",".join(f"{o}:{s}" for o, s in sorted(node.replica.vv.items()))
+    return [
+        ("node", node.node_id),
+        ("version", __version__),
+        ("contacts", len(node.replica)),
+        ("vv", vv or "-"),
+    ]

@@ -1,0 +1,296 @@
+"""The node: where a local write becomes an op, and a peer's op joins the book.
+
+Everything that changes the book passes through here in the same order:
+op -> replica (in memory) -> journal (group commit) -> once durable: the
+caller's Deferred fires, watchers hear the change, peers are offered the op.
+Peers only ever receive durable ops, so a crash can never make a node reuse
+a sequence number that another node already holds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from twisted_agenda.crdt import (
+    PUT,
+    REMOVE,
+    Applied,
+    Change,
+    Op,
+    Record,
+    Replica,
+    VersionVector,
+    covers,
+    dominates,
+    merged,
+)
+from twisted_agenda.datadir import DataDir
+from twisted_agenda.hlc import ClockSkew, HybridClock
+from twisted_agenda.journal import Journal, JournalUnavailable, recover
+from twisted_agenda.model import FIELDS, Contact, clean_fields, contact_key, matches
+from twisted_agenda.oplog import OpLog
+
+log = Logger()
+
+
+class NotFound(LookupError):
+    pass
+
+
+class Exists(ValueError):
+    pass
+
+
+class Node:
+    """One replica of the book with its journal; knows nothing of sockets."""
+
+    def __init__(
+        self,
+        node_id: str,
+        datadir: DataDir,
+        reactor: Any,
+        run_blocking: Callable[..., defer.Deferred],
+        clock: HybridClock | None = None,
+        compact_min_ops: int = 10_000,
+        compact_ratio: float = 4.0,
+        log_keep_ops: int = 200_000,
+    ) -> None:
+        self.node_id = node_id
+        self.clock = clock or HybridClock()
+        self.replica = Replica()
+        self.compact_min_ops = compact_min_ops
+        self.compact_ratio = compact_ratio
+        self.log_keep_ops = log_keep_ops
+        #: Called with each Change once it is durable (WATCH).
+        self.watchers: set[Callable[[Change], None]] = set()
+        #: Called (once per reactor turn at most) when new ops became durable.
+        self.on_durable: set[Callable[[], None]] = set()
+        #: Latest version vector each peer node reported (tombstone GC).
+        self.peer_vvs: dict[str, VersionVector] = {}
+        #: How many peers this node was configured with (tombstone GC).
+        self.expected_peers = 0
+        self._reactor = reactor
+        self._fanout_scheduled = False
+
+        recovered = recover(datadir)
+        for key, record in recovered.records:
+            self.replica.merge_record(key, record)
+        self.replica.vv = dict(recovered.snapshot_vv)
+        self.oplog = OpLog(recovered.snapshot_vv)
+        for op in recovered.ops:
+            self._apply(op)
+        self.durable_vv: VersionVector = dict(self.replica.vv)
+        self.clock.observe(max((op.hlc for op in recovered.ops), default=0))
+        for record in self.replica.records.values():
+            for _, hlc, _ in record.registers.values():
+                self.clock.observe(hlc)
+        self.journal = Journal(datadir, reactor, run_blocking, self._snapshot)
+        log.info(
+            "node {node} opened {path}: {contacts} contacts, {ops} journal ops",
+            node=node_id,
+            path=datadir.path,
+            contacts=len(self.replica),
+            ops=len(recovered.ops),
+        )
+
+    # -- reads ---------------------------------------------------------------
+
+    def get(self, name: str) -> Contact:
+        contact = self.replica.get(contact_key(name))
+        if contact is None:
+            raise NotFound(name)
+        return contact
+
+    def contacts(self) -> list[Contact]:
+        return sorted(self.replica.contacts(), key=lambda c: (c.key, c.name))
+
+    def find(self, text: str) -> list[Contact]:
+        return [c for c in self.contacts() if matches(c, text)]
+
+    # -- local writes: each returns a Deferred firing once durable ------------
+
+    def add(self, name: str, phone: str, **optional: str) -> defer.Deferred:
+        fields = clean_fields({"name": name, "phone": phone, **optional})
+        key = contact_key(fields["name"])
+        if self.replica.get(key) is not None:
+            raise Exists(fields["name"])
+        # Every field is written so that re-adding a removed contact does not
+        # resurrect its old email or note.
+        fields = {f: fields.get(f, "") for f in FIELDS}
+        return self._write(key, PUT, fields)
+
+    def update(self, name: str, **changes: str) -> defer.Deferred:
+        fields = clean_fields(changes)
+        key = contact_key(name)
+        current = self.replica.get(key)
+        if current is None:
+            raise NotFound(name)
+        if "name" in fields and contact_key(fields["name"]) != key:
+            raise ValueError("a contact cannot be renamed to another name")
+        changed = {f: v for f, v in fields.items() if getattr(current, f) != v}
+        if not changed:
+            return defer.succeed(current)
+        return self._write(key, PUT, changed)
+
+    def remove(self, name: str) -> defer.Deferred:
+        key = contact_key(name)
+        if self.replica.get(key) is None:
+            raise NotFound(name)
+        return self._write(key, REMOVE, {})
+
+    def _write(self, key: str, kind: str, fields: dict[str, str]) -> defer.Deferred:
+        if self.journal.failed:
+            return defer.fail(JournalUnavailable("journal failed; writes are off"))
+        seq = self.replica.vv.get(self.node_id, 0) + 1
+        op = Op.make(self.node_id, seq, self.clock.now(), key, kind, fields)
+        change = self._apply(op)
+        # The reply describes this write, whatever later writes do meanwhile.
+        contact = self.replica.get(key) or (change.before if change else None)
+        d = self._journal([op], [change] if change else [])
+        return d.addCallback(lambda _: contact)
+
+    # -- ops from peers ------------------------------------------------------
+
+    def receive(self, ops: Iterable[Op]) -> tuple[defer.Deferred, str]:
+        """Apply peer ops; the Deferred fires with our durable vv afterwards.
+
+        Returns a refusal reason too ("" if none): ops stamped too far in the
+        future stop the batch there and wait until our clock catches up.
+        """
+        applied: list[Op] = []
+        changes: list[Change] = []
+        refused = ""
+        for op in ops:
+            try:
+                self.clock.check(op.hlc)
+            except ClockSkew as e:
+                refused = f"op {op.origin}:{op.seq} refused: {e}"
+                log.warn("{reason}", reason=refused)
+                break
+            have = self.replica.vv.get(op.origin, 0)
+            change = self._apply(op)
+            if self.replica.vv.get(op.origin, 0) != have:
+                self.clock.observe(op.hlc)
+                applied.append(op)
+                if change is not None:
+                    changes.append(change)
+        if not applied:
+            return defer.succeed(dict(self.durable_vv)), refused
+        d = self._journal(applied, changes)
+        return d.addCallback(lambda _: dict(self.durable_vv)), refused
+
+    def merge_snapshot(
+        self, vv: VersionVector, records: Iterable[tuple[str, Record]]
+    ) -> defer.Deferred:
+        """Join a peer's whole book; fires once our own snapshot holds it."""
+        changes = [
+            change
+            for key, record in records
+            if (change := self.replica.merge_record(key, record)) is not None
+        ]
+        self.replica.vv = merged(self.replica.vv, vv)
+        # Ops the snapshot covers are no longer replayable from our log.
+        self.oplog.trim(self.replica.vv)
+        target = dict(self.replica.vv)
+        d = self.journal.compact()
+
+        def durable(_):
+            self.durable_vv = merged(self.durable_vv, target)
+            self._announce(changes)
+            log.info(
+                "merged a snapshot of {records} records; now at {vv}",
+                records=len(changes),
+                vv=target,
+            )
+            return dict(self.durable_vv)
+
+        return d.addCallback(durable)
+
+    # -- internals -----------------------------------------------------------
+
+    def _apply(self, op: Op) -> Change | None:
+        status, change = self.replica.apply(op)
+        if status is Applied.APPLIED:
+            self.oplog.add(op)
+        return change
+
+    def _journal(self, ops: list[Op], changes: list[Change]) -> defer.Deferred:
+        d = self.journal.append(op.line for op in ops)
+        self._maybe_compact()
+
+        def durable(_):
+            for op in ops:
+                if op.seq > self.durable_vv.get(op.origin, 0):
+                    self.durable_vv[op.origin] = op.seq
+            self._announce(changes)
+
+        return d.addCallback(durable)
+
+    def _announce(self, changes: list[Change]) -> None:
+        for change in changes:
+            for watcher in list(self.watchers):
+                try:
+                    watcher(change)
+                except Exception:
+                    log.failure("watcher failed on {key}", key=change.key)
+        if not self._fanout_scheduled:
+            self._fanout_scheduled = True
+            self._reactor.callLater(0, self._fanout)
+
+    def _fanout(self) -> None:
+        self._fanout_scheduled = False
+        for listener in list(self.on_durable):
+            try:
+                listener()
+            except Exception:
+                log.failure("durable-op listener failed")
+
+    def _maybe_compact(self) -> None:
+        due = max(self.compact_min_ops, self.compact_ratio * len(self.replica.records))
+        if self.journal.lines_since_snapshot >= due and not self.journal.compacting:
+            self.journal.compact().addErrback(
+                lambda f: log.failure("compaction failed", f)
+            )
+
+    def _snapshot(self) -> tuple[VersionVector, list[bytes]]:
+        """Called by the journal when it writes a snapshot: the book right now."""
+        self.replica.drop(self._stable_tombstones())
+        vv = dict(self.replica.vv)
+        # Keep in memory what some peer may still ask for, within a budget.
+        keep = vv
+        if self.peer_vvs:
+            keep = {o: min(v.get(o, 0) for v in self.peer_vvs.values()) for o in vv}
+        if len(self.oplog) > self.log_keep_ops:
+            keep = vv
+        self.oplog.trim(keep)
+        return vv, list(self.replica.snapshot_lines())
+
+    def _stable_tombstones(self) -> list[str]:
+        """Removed contacts every node has seen removed, with nothing pending.
+
+        A tombstone may go once each peer reported it, and we hold everything
+        those peers held then: any op concurrent with the removal has then
+        reached us, and any later op is stamped after it. Only when every
+        origin we know is a peer of ours (a full mesh) can we tell.
+        """
+        peers = self.peer_vvs
+        if len(peers) < self.expected_peers or not peers:
+            return []
+        if not set(self.replica.vv) <= set(peers) | {self.node_id}:
+            return []
+        if not all(dominates(self.replica.vv, vv) for vv in peers.values()):
+            return []
+        return [
+            key
+            for key, record in self.replica.records.items()
+            if record.tomb is not None
+            and record.contact() is None
+            and all(covers(vv, record.tomb[1], record.tomb[2]) for vv in peers.values())
+        ]
+
+    def close(self) -> defer.Deferred:
+        return self.journal.close()
