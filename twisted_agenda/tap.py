@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 from twisted.application import internet, service
+from twisted.internet.error import CannotListenError
 from twisted.python import usage
 
 from twisted_agenda.datadir import NODE_ID, DataDir, DataDirError
@@ -134,6 +135,18 @@ class AgendaService(service.MultiService):
         self.node = node
         self._datadir = datadir
         self._pool = pool
+
+    def privilegedStartService(self) -> None:
+        # twistd binds ports here, before the reactor runs: a port in use
+        # must stop the start with one clear line, not a traceback.
+        try:
+            super().privilegedStartService()
+        except CannotListenError as e:
+            reason = getattr(e.socketError, "strerror", None) or e.socketError
+            raise SystemExit(
+                f"twistd agenda: cannot listen on {e.interface or '*'}:{e.port}: "
+                f"{reason}"
+            ) from None
 
     def startService(self) -> None:
         self._datadir.write_pid(os.getpid())
