@@ -192,6 +192,21 @@ class Journal:
             self._reactor.callLater(0, self._flush)
         return d
 
+    def read_snapshot(self) -> defer.Deferred:
+        """Fires with ``(vv, record_lines)`` of the snapshot on disk.
+
+        Read on the writer thread, so it never sees a half-replaced file.
+        """
+        return self._run_blocking(self._read_snapshot_lines)
+
+    def _read_snapshot_lines(self) -> tuple[VersionVector, list[bytes]]:
+        if not os.path.exists(self._datadir.snapshot):
+            return {}, []
+        with open(self._datadir.snapshot, "rb") as f:
+            header, *records = f.read().split(b"\n")
+        vv = json.loads(header)["vv"]
+        return vv, [line for line in records if line]
+
     def _flush(self) -> None:
         self._scheduled = False
         if self._busy or not self._waiters:

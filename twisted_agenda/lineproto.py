@@ -271,8 +271,7 @@ class AgendaLineProtocol(protocol.Protocol, TimeoutMixin):
         return ["OK unwatched"]
 
     def do_STATUS(self, args: list[str]) -> list[str]:
-        lines = [f"{k}={v}" for k, v in self.factory.status()]
-        return [*lines, "OK status"]
+        return [*self.factory.status(), "OK status"]
 
     # -- helpers -------------------------------------------------------------
 
@@ -308,12 +307,13 @@ class _Slot:
 
 class AgendaLineFactory(protocol.Factory):
     protocol = AgendaLineProtocol
+    noisy = False
 
     def __init__(
         self,
         node: Node,
         idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT,
-        status: Callable[[], list[tuple[str, object]]] | None = None,
+        status: Callable[[], list[str]] | None = None,
         clock=None,
     ) -> None:
         self.node = node
@@ -328,11 +328,12 @@ class AgendaLineFactory(protocol.Factory):
         return p
 
 
-def basic_status(node: Node) -> list[tuple[str, object]]:
+def basic_status(node: Node) -> list[str]:
+    """STATUS lines about the node itself (the cluster adds one per peer)."""
     vv = ",".join(f"{o}:{s}" for o, s in sorted(node.replica.vv.items()))
     return [
-        ("node", node.node_id),
-        ("version", __version__),
-        ("contacts", len(node.replica)),
-        ("vv", vv or "-"),
+        f"node={quoting.quote(node.node_id)}",
+        f"version={__version__}",
+        f"contacts={len(node.replica)}",
+        f"vv={vv or '-'}",
     ]

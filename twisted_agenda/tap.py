@@ -8,10 +8,16 @@ from twisted.application import internet, service
 from twisted.internet.error import CannotListenError
 from twisted.python import usage
 
+from twisted_agenda.cluster import DEFAULT_CLUSTER, Cluster
 from twisted_agenda.datadir import NODE_ID, DataDir, DataDirError
 from twisted_agenda.journal import JournalCorrupt, thread_runner
-from twisted_agenda.lineproto import DEFAULT_IDLE_TIMEOUT, AgendaLineFactory
+from twisted_agenda.lineproto import (
+    DEFAULT_IDLE_TIMEOUT,
+    AgendaLineFactory,
+    basic_status,
+)
 from twisted_agenda.node import Node
+from twisted_agenda.peerproto import PeerServerFactory
 
 
 def _port(option: str):
@@ -70,7 +76,12 @@ class Options(usage.Options):
         ["host", None, "127.0.0.1", "Interface to bind both ports to."],
         ["data-dir", "d", "agenda-data", "Folder for the journal and snapshot."],
         ["node-id", None, None, "This node's id (default: made once, kept in data)."],
-        ["cluster", None, "agenda", "Cluster name; peers with another are refused."],
+        [
+            "cluster",
+            None,
+            DEFAULT_CLUSTER,
+            "Cluster name; peers with another are refused.",
+        ],
         [
             "idle-timeout",
             None,
@@ -183,7 +194,23 @@ def makeService(config: Options) -> AgendaService:
     node.clock.max_offset = config["max-clock-offset"]
 
     top = AgendaService(node, datadir, pool)
-    clients = AgendaLineFactory(node, idle_timeout=config["idle-timeout"])
+    cluster = Cluster(
+        node,
+        config["peers"],
+        cluster=config["cluster"],
+        sync_interval=config["sync-interval"],
+        reactor=reactor,
+    )
+    sync_port = internet.TCPServer(
+        config["sync-port"], PeerServerFactory(cluster), interface=config["host"]
+    )
+    sync_port.setServiceParent(top)
+    cluster.setServiceParent(top)
+    clients = AgendaLineFactory(
+        node,
+        idle_timeout=config["idle-timeout"],
+        status=lambda: basic_status(node) + cluster.status_lines(),
+    )
     internet.TCPServer(
         config["port"], clients, interface=config["host"]
     ).setServiceParent(top)
