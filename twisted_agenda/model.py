@@ -54,7 +54,7 @@ class Contact:
 
 def contact_key(name: str) -> str:
     """The identity of a name: "JOÃO", "João" and "joão" are one contact."""
-    return unicodedata.normalize("NFC", name).casefold()
+    return unicodedata.normalize("NFC", name.strip()).casefold()
 
 
 def fold(text: str) -> str:

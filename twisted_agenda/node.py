@@ -262,10 +262,11 @@ class Node:
         vv = dict(self.replica.vv)
         # Keep in memory what some peer may still ask for, within a budget.
         keep = vv
-        if self.peer_vvs:
-            keep = {o: min(v.get(o, 0) for v in self.peer_vvs.values()) for o in vv}
-        if len(self.oplog) > self.log_keep_ops:
-            keep = vv
+        if len(self.oplog) <= self.log_keep_ops:
+            keep = {
+                o: min([seq] + [v.get(o, 0) for v in self.peer_vvs.values()])
+                for o, seq in vv.items()
+            }
         self.oplog.trim(keep)
         return vv, list(self.replica.snapshot_lines())
 

@@ -1,0 +1,316 @@
+"""Replication between in-memory nodes over real AMP sessions (iosim + Clock)."""
+
+from __future__ import annotations
+
+import pytest
+
+from replication_harness import Harness
+from twisted_agenda.model import Contact
+
+
+@pytest.fixture
+def net(tmp_path):
+    return Harness(tmp_path)
+
+
+@pytest.fixture
+def caplog_events():
+    from twisted.logger import globalLogPublisher
+
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    yield events
+    globalLogPublisher.removeObserver(events.append)
+
+
+def test_add_on_one_node_reaches_the_other(net):
+    net.node("a"), net.node("b")
+    seen = []
+    net.nodes["b"].watchers.add(seen.append)
+    net.connect("a", "b")
+    net.settle()
+    net.write("a", "add", "Maria da Silva", "+55 11 91234-5678", email="m@x.com")
+    net.settle()
+    assert net.book("b") == [Contact("Maria da Silva", "+55 11 91234-5678", "m@x.com")]
+    assert [c.kind for c in seen] == ["added"]
+
+
+def test_both_directions_share_one_session(net):
+    net.node("a"), net.node("b")
+    net.connect("a", "b")
+    net.settle()
+    net.write("b", "add", "Bia", "555-1234")
+    net.settle()
+    assert net.book("a") == net.book("b") == [Contact("Bia", "555-1234")]
+
+
+def test_a_node_that_was_away_catches_up_with_nobody_writing(net):
+    for name in "abc":
+        net.node(name)
+    net.connect("a", "b"), net.connect("b", "c"), net.connect("a", "c")
+    net.settle()
+    net.write("a", "add", "Ana", "111-111")
+    net.settle()
+    net.disconnect("b", "a"), net.disconnect("b", "c")
+    net.write("a", "add", "Caio", "222-222")
+    net.write("c", "update", "Ana", email="ana@x.com")
+    net.write("c", "remove", "Ana")
+    net.write("c", "add", "Duda", "333-333")
+    net.settle()
+    assert net.book("b") == [Contact("Ana", "111-111")]
+    net.connect("b", "a"), net.connect("b", "c")
+    net.settle()
+    assert net.book("b") == net.book("a") == net.book("c")
+    assert [c.name for c in net.book("b")] == ["Caio", "Duda"]
+
+
+def test_chain_topology_converges(net):
+    """A knows only B, C knows only B: B relays both ways."""
+    for name in "abc":
+        net.node(name)
+    net.connect("a", "b"), net.connect("c", "b")
+    net.settle()
+    net.write("a", "add", "From A", "100-100")
+    net.write("c", "add", "From C", "300-300")
+    net.settle()
+    names = ["From A", "From C"]
+    for name in "abc":
+        assert [c.name for c in net.book(name)] == names
+
+
+def test_concurrent_edits_of_different_fields_both_survive(net):
+    net.node("a"), net.node("b")
+    net.connect("a", "b")
+    net.write("a", "add", "Maria", "111-111")
+    net.settle()
+    net.disconnect("a", "b")
+    net.write("a", "update", "Maria", phone="222-222")
+    net.write("b", "update", "Maria", email="maria@x.com")
+    net.connect("a", "b")
+    net.settle()
+    expected = [Contact("Maria", "222-222", "maria@x.com")]
+    assert net.book("a") == net.book("b") == expected
+
+
+def test_concurrent_edits_of_one_field_pick_the_same_winner(net):
+    net.node("a"), net.node("b")
+    net.connect("a", "b")
+    net.write("a", "add", "Maria", "111-111")
+    net.settle()
+    net.disconnect("a", "b")
+    net.write("a", "update", "Maria", phone="222-222")
+    net.clock.advance(0.001)
+    net.write("b", "update", "Maria", phone="333-333")  # later stamp wins
+    net.connect("a", "b")
+    net.settle()
+    assert net.book("a") == net.book("b") == [Contact("Maria", "333-333")]
+
+
+def test_edit_after_concurrent_remove_brings_back_only_the_edit(net):
+    net.node("a"), net.node("b")
+    net.connect("a", "b")
+    net.write("a", "add", "Maria", "111-111", email="old@x.com")
+    net.settle()
+    net.disconnect("a", "b")
+    net.write("a", "remove", "Maria")
+    net.clock.advance(0.001)
+    net.write("b", "update", "Maria", note="call back")
+    net.connect("a", "b")
+    net.settle()
+    assert net.book("a") == net.book("b") == [Contact("Maria", note="call back")]
+
+
+def test_remove_after_concurrent_edit_wins(net):
+    net.node("a"), net.node("b")
+    net.connect("a", "b")
+    net.write("a", "add", "Maria", "111-111")
+    net.settle()
+    net.disconnect("a", "b")
+    net.write("b", "update", "Maria", note="call back")
+    net.clock.advance(0.001)
+    net.write("a", "remove", "Maria")
+    net.connect("a", "b")
+    net.settle()
+    assert net.book("a") == net.book("b") == []
+
+
+def test_twenty_thousand_ops_page_under_the_amp_limit(net):
+    """A value over 65,535 bytes would raise TooLong and break the session."""
+    net.node("a"), net.node("b")
+    for i in range(20_000):
+        net.nodes["a"].add(
+            f"Contact number {i:05d} with a longish name", "+55 11 5555-0000"
+        )
+    net.clock.advance(0)
+    net.connect("b", "a")
+    net.settle()
+    assert len(net.nodes["b"].replica) == 20_000
+    assert net.nodes["b"].durable_vv == net.nodes["a"].durable_vv == {"a": 20_000}
+
+
+def test_catch_up_cost_follows_what_was_missed(net):
+    net.node("a"), net.node("b")
+    for i in range(3_000):
+        net.nodes["a"].add(f"Person {i}", "555-0000", note="x" * 100)
+    net.clock.advance(0)
+    net.connect("b", "a")
+    net.settle()
+    full_sync = net.bytes_moved
+    net.disconnect("a", "b")
+    for i in range(5):
+        net.write("a", "update", f"Person {i}", email=f"p{i}@x.com")
+    net.bytes_moved = 0
+    net.connect("b", "a")
+    net.settle()
+    assert net.book("b") == net.book("a")
+    assert net.bytes_moved < full_sync / 100
+
+
+def test_new_node_receives_a_snapshot_when_the_log_was_compacted(net):
+    a = net.node("a", compact_min_ops=100, compact_ratio=0.0)
+    for i in range(1_500):
+        a.add(f"Person {i:04d} " + "long name" * 5, "555-0000")
+        if i % 100 == 0:
+            net.clock.advance(0)
+    a.remove("Person 0007 " + "long name" * 5)
+    net.clock.advance(0)
+    net.clock.advance(0)
+    assert a.oplog.base.get("a", 0) > 0, "the log was trimmed by compaction"
+    net.node("b")
+    net.connect("b", "a")
+    net.settle()
+    assert net.book("b") == net.book("a")
+    assert len(net.book("b")) == 1_499
+    # b saved what it received: it survives a restart.
+    b = net.restart("b")
+    assert b.contacts() == net.book("a")
+    # and later writes still flow as ops.
+    net.connect("b", "a")
+    net.write("a", "add", "After snapshot", "555-9999")
+    net.settle()
+    assert net.book("b") == net.book("a")
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ("same-id", "self:"),
+        ("cluster", "cluster"),
+    ],
+)
+def test_handshake_refusals(net, change, reason, caplog_events):
+    net.node("a")
+    if change == "same-id":
+        other = net.node("b")
+        other.node_id = "a"
+    else:
+        net.node("b")
+        net.clusters["b"].cluster = "another"
+    client, server = net.connect("a", "b")
+    net.settle()
+    assert net.clusters["a"].sessions == {} and net.clusters["b"].sessions == {}
+    assert any(reason in str(e.get("reason", "")) for e in caplog_events)
+
+
+def test_unknown_protocol_version_is_refused(net):
+    from twisted_agenda import peerproto
+
+    net.node("a"), net.node("b")
+    client, server = net.connect("a", "b")
+    d = client.callRemote(
+        peerproto.Hello, protocol=99, cluster="agenda", node="z", vv={}
+    )
+    failures = []
+    d.addErrback(failures.append)
+    net.settle()
+    assert failures and failures[0].check(peerproto.HandshakeRefused)
+    assert "protocol version 99" in str(failures[0].value)
+
+
+def test_ops_before_hello_are_refused_without_closing(net):
+    from twisted_agenda import peerproto
+
+    net.node("a"), net.node("b")
+    client, server = net.connect("a", "b")
+    d = server.callRemote(peerproto.PushOps, ops=b"")
+    failures = []
+    d.addErrback(failures.append)
+    # Run only the first exchange: the server's call reaches the client
+    # before the client's Hello completes.
+    net.pumps[-1].pump()
+    net.pumps[-1].pump()
+    net.settle()
+    assert failures and failures[0].check(peerproto.NotIntroduced)
+
+
+def test_dialing_each_other_leaves_one_session(net):
+    net.node("a"), net.node("b")
+    net.connect("a", "b")
+    net.connect("b", "a")
+    net.settle()
+    sa, sb = net.clusters["a"].sessions["b"], net.clusters["b"].sessions["a"]
+    assert sa.dialed and not sb.dialed, "both keep the session the smaller id dialed"
+    states = sorted(f.state for c in net.clusters.values() for f in c.dialers)
+    assert states == ["connected", "standby"]
+    net.write("b", "add", "Still works", "555-0000")
+    net.settle()
+    assert net.book("a") == net.book("b")
+
+
+def test_second_connection_from_a_connected_node_is_refused(net):
+    net.node("a"), net.node("b")
+    net.connect("a", "b")
+    net.settle()
+    first = net.clusters["b"].sessions["a"]
+    net.connect("a", "b")
+    net.settle()
+    assert net.clusters["b"].sessions["a"] is first
+    assert net.clusters["a"].dialers[1].state == "standby"
+
+
+def test_future_stamp_waits_until_our_clock_catches_up(net):
+    net.node("a")
+    net.node("b", skew=120.0)  # b's clock is two minutes fast
+    net.nodes["a"].clock.max_offset = 60.0
+    net.connect("a", "b")
+    net.settle()
+    net.write("b", "add", "From the future", "555-0000")
+    net.settle()
+    assert net.book("a") == []
+    assert net.nodes["a"].clock.last < net.nodes["b"].clock.last, "never adopted"
+    net.clock.advance(61)
+    net.sync()
+    assert [c.name for c in net.book("a")] == ["From the future"]
+
+
+def test_tombstones_go_once_every_peer_has_them(net):
+    names = "abc"
+    for name in names:
+        net.node(name, expected_peers=2, compact_min_ops=1, compact_ratio=0.0)
+    net.connect("a", "b"), net.connect("a", "c"), net.connect("b", "c")
+    net.write("a", "add", "Gone", "555-0000")
+    net.write("a", "add", "Stays", "555-0001")
+    net.settle()
+    net.disconnect("c", "a"), net.disconnect("c", "b")
+    net.write("a", "remove", "Gone")
+    net.settle()
+    net.sync()
+    net.write("a", "add", "Trigger compaction", "555-0002")
+    net.settle()
+    assert "gone" in net.nodes["a"].replica.records, "c has not seen the removal"
+    net.connect("c", "a"), net.connect("c", "b")
+    net.settle()
+    net.sync()
+    net.write("a", "add", "Trigger again", "555-0003")
+    net.settle()
+    net.sync()
+    net.write("b", "add", "And again", "555-0004")
+    net.settle()
+    assert "gone" not in net.nodes["a"].replica.records
+    for name in names:
+        assert [c.name for c in net.book(name)] == [
+            "And again",
+            "Stays",
+            "Trigger again",
+            "Trigger compaction",
+        ]
