@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
 from replication_harness import Harness
+
 from twisted_agenda.model import Contact
 
 
@@ -206,7 +206,7 @@ def test_handshake_refusals(net, change, reason, caplog_events):
     else:
         net.node("b")
         net.clusters["b"].cluster = "another"
-    client, server = net.connect("a", "b")
+    _client, _server = net.connect("a", "b")
     net.settle()
     assert net.clusters["a"].sessions == {} and net.clusters["b"].sessions == {}
     assert any(reason in str(e.get("reason", "")) for e in caplog_events)
@@ -216,7 +216,7 @@ def test_unknown_protocol_version_is_refused(net):
     from twisted_agenda import peerproto
 
     net.node("a"), net.node("b")
-    client, server = net.connect("a", "b")
+    client, _server = net.connect("a", "b")
     d = client.callRemote(
         peerproto.Hello, protocol=99, cluster="agenda", node="z", vv={}
     )
@@ -231,7 +231,7 @@ def test_ops_before_hello_are_refused_without_closing(net):
     from twisted_agenda import peerproto
 
     net.node("a"), net.node("b")
-    client, server = net.connect("a", "b")
+    _client, server = net.connect("a", "b")
     d = server.callRemote(peerproto.PushOps, ops=b"")
     failures = []
     d.addErrback(failures.append)
