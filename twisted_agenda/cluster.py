@@ -41,6 +41,8 @@ class Cluster(service.Service):
         self.clock = reactor
         self._reactor = reactor
         self.sessions: dict[str, PeerProtocol] = {}
+        #: When we last heard from peers that are gone (STATUS).
+        self.last_seen: dict[str, float | None] = {}
         self.dialers = [PeerClientFactory(self, address) for address in addresses]
         for dialer in self.dialers:
             dialer.clock = reactor
@@ -123,6 +125,7 @@ class Cluster(service.Service):
         if peer_id is None or self.sessions.get(peer_id) is not session:
             return
         del self.sessions[peer_id]
+        self.last_seen[peer_id] = session.last_seen
         log.info("session with {peer} closed", peer=peer_id)
         for dialer in self.dialers:
             if dialer.state == "standby" and dialer.peer_id in (peer_id, None):
@@ -185,6 +188,7 @@ class Cluster(service.Service):
         parts = [f"peer={address}", f"node={peer_id or '-'}", f"state={state}"]
         if session is not None and session.stream is not None:
             parts.append(f"behind={session.stream.behind}")
-        if session is not None and session.last_seen is not None:
-            parts.append(f"last_seen={now - session.last_seen:.1f}s")
+        seen = session.last_seen if session else self.last_seen.get(peer_id)
+        if seen is not None:
+            parts.append(f"last_seen={now - seen:.1f}s")
         return " ".join(parts)
