@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from replication_harness import Harness
+from twisted.internet.testing import StringTransport
 
 from twisted_agenda.model import Contact
+from twisted_agenda.peerproto import PeerProtocol
 
 
 @pytest.fixture
@@ -314,3 +318,36 @@ def test_tombstones_go_once_every_peer_has_them(net):
             "Trigger again",
             "Trigger compaction",
         ]
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.binary(min_size=1, max_size=3000))
+def test_garbage_on_the_sync_port_changes_nothing(tmp_path_factory, garbage):
+    net = Harness(tmp_path_factory.mktemp("garbage"))
+    node = net.node("a")
+    net.write("a", "add", "Ana", "111-111")
+    server = PeerProtocol(net.clusters["a"], dialed=False)
+    transport = StringTransport()
+    server.makeConnection(transport)
+    server.dataReceived(garbage)
+    net.clock.advance(0)
+    assert net.clusters["a"].sessions == {}
+    assert node.contacts() == [Contact("Ana", "111-111")]
+    assert node.replica.vv == {"a": 1}
+    node.journal.close()
+    node.journal._datadir.close()
+
+
+def test_an_introduced_peer_sending_bad_ops_gets_an_error(net):
+    from twisted_agenda import peerproto
+
+    net.node("a"), net.node("b")
+    client, _server = net.connect("a", "b")
+    net.settle()
+    failures = []
+    client.callRemote(peerproto.PushOps, ops=b'{"not": "an op"}').addErrback(
+        failures.append
+    )
+    net.settle()
+    assert failures and failures[0].check(peerproto.BadPayload)
+    assert "b" in net.clusters["a"].sessions, "the session survives"

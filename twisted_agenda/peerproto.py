@@ -108,7 +108,7 @@ class PeerProtocol(amp.AMP):
         self.peer_id: str | None = None
         self.stream: OutboundStream | None = None
         self.last_seen: float | None = None
-        self._snapshot_records: list[bytes] = []
+        self._snapshot_records: list[tuple[str, Record]] = []
 
     # -- life cycle ------------------------------------------------------------
 
@@ -232,20 +232,20 @@ class PeerProtocol(amp.AMP):
     def snapshot_page(self, records: bytes, last: bool, vv: dict):
         self._introduced()
         try:
-            for line in records.split(b"\n"):
-                if line:
-                    Record.from_json(json.loads(line))
+            page = [
+                Record.from_json(json.loads(line))
+                for line in records.split(b"\n")
+                if line
+            ]
         except (BadOp, ValueError) as e:
             self._snapshot_records = []
             raise BadPayload(str(e)) from None
-        self._snapshot_records.extend(line for line in records.split(b"\n") if line)
+        self._snapshot_records.extend(page)
         if not last:
             return {"vv": dict(self.hub.node.durable_vv)}
-        lines, self._snapshot_records = self._snapshot_records, []
-        parsed = (Record.from_json(json.loads(line)) for line in lines)
-        return self.hub.node.merge_snapshot(vv, parsed).addCallback(
-            lambda vv: {"vv": vv}
-        )
+        received, self._snapshot_records = self._snapshot_records, []
+        d = self.hub.node.merge_snapshot(vv, received)
+        return d.addCallback(lambda vv: {"vv": vv})
 
 
 class PeerServerFactory(protocol.Factory):
