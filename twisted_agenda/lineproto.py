@@ -13,9 +13,11 @@ from collections import deque
 from collections.abc import Callable
 
 from twisted.internet import defer, protocol
+from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from twisted_agenda import __version__, quoting
 from twisted_agenda.crdt import Change
@@ -76,16 +78,19 @@ def parse_fields(args: list[str], positional: tuple[str, ...]) -> dict[str, str]
         key, eq, value = arg.partition("=")
         if eq and key.isalpha() and key.isascii():
             key = key.lower()  # unknown names are refused by clean_fields
-        elif slots:
-            key, value = slots.pop(0), arg
         else:
-            raise RequestError("bad-request", f"unexpected argument {arg!r}")
+            # A positional fills the next slot not already named: name=x 123.
+            slots = [s for s in slots if s not in fields]
+            if not slots:
+                raise RequestError("bad-request", f"unexpected argument {arg!r}")
+            key, value = slots.pop(0), arg
         if key in fields:
             raise RequestError("bad-request", f"{key} given twice")
         fields[key] = value
     return fields
 
 
+@implementer(IHalfCloseableProtocol)
 class AgendaLineProtocol(protocol.Protocol, TimeoutMixin):
     def __init__(self) -> None:
         self._buffer = b""
@@ -109,6 +114,16 @@ class AgendaLineProtocol(protocol.Protocol, TimeoutMixin):
         self.setTimeout(None)
         self._unwatch()
         self._closing = True
+
+    def readConnectionLost(self) -> None:
+        # The client sent all it will (``nc -N``, a script's shutdown): answer
+        # what it asked, as after QUIT, instead of dropping pending replies.
+        self._closing = True
+        if not self._replies:
+            self.transport.loseConnection()
+
+    def writeConnectionLost(self) -> None:
+        self.transport.loseConnection()
 
     def timeoutConnection(self) -> None:
         self._send(["ERR timeout idle for too long; closing"])
@@ -134,7 +149,7 @@ class AgendaLineProtocol(protocol.Protocol, TimeoutMixin):
                 self._reply(too_long())
                 continue
             self._line(line.removesuffix(b"\r"))
-        if len(self._buffer) > MAX_LINE:
+        if len(self._buffer) > MAX_LINE and not self._closing:
             self._buffer = b""
             if not self._discarding:
                 self._discarding = True
