@@ -378,11 +378,13 @@ class AgendaProtocol(LineOnlyReceiver):
         self.connected_ = False
         why = self._last_error or "the connection closed"
         pending, self._pending = self._pending, deque()
+        # The client learns of the loss first, so that a request retried
+        # from the errbacks below goes to the next node, not this one again.
+        self.lost.callback(why)
         for p in pending:
             p.deferred.errback(ConnectionLost(why))
         if not self.greeted.called:
             self.greeted.errback(ConnectionLost(f"closed before greeting: {why}"))
-        self.lost.callback(why)
 
 
 # -- the client ----------------------------------------------------------------
@@ -639,7 +641,12 @@ class AgendaClient:
             # A node that stopped answering is as good as down.
             why = f"no reply within {timeout:g} s"
             protocol._last_error = why
+            protocol.connected_ = False
             protocol.transport.abortConnection()
+            # Give up on it now, not when the abort is done: a retry must
+            # not pick the same node again.
+            if self.address is not None:
+                self._lost(why, protocol, self.address)
             return Failure(ConnectionLost(why))
 
         return on_timeout
