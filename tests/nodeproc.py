@@ -367,7 +367,11 @@ class NodeProcess:
             self.process.wait()
 
     def stop(self, timeout: float = 10.0) -> int | None:
-        """SIGTERM, wait up to ``timeout``, then SIGKILL; the exit code."""
+        """SIGTERM, wait up to ``timeout``, then SIGKILL; the exit code.
+
+        After a clean shutdown twistd ends itself with the signal it got, so
+        a graceful stop returns ``-SIGTERM``, not 0.
+        """
         if self.process is None:
             return None
         if self.running:
