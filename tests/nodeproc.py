@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -414,7 +415,7 @@ class NodeProcess:
         return (
             f"node {self.name} pid={self.pid} {state} port={self.port} "
             f"sync-port={self.sync_port} data={self.data_dir}\n"
-            f"command: {' '.join(self.command())}\n"
+            f"command: {shlex.join(self.command())}\n"
             f"--- log of every start ({self.logfile}):\n{self.log(all_runs=True)}"
             f"--- stdout/stderr of the latest start ({self.outfile}):\n"
             f"{_read(self.outfile)}"

@@ -778,6 +778,7 @@ def _has_write(data: bytes) -> bool:
 @settings(
     max_examples=150,
     deadline=None,
+    derandomize=True,
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(chunks=st.lists(st.binary(max_size=300), max_size=8))
@@ -801,6 +802,7 @@ def test_random_bytes_never_raise_nor_change_the_book(agenda, chunks):
 @settings(
     max_examples=150,
     deadline=None,
+    derandomize=True,
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(text=st.text(st.characters(exclude_categories=("Cs",)), max_size=80))

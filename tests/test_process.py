@@ -6,7 +6,8 @@ import signal
 import socket
 import threading
 
-from nodeproc import HOST, LineClient, wait_for
+import pytest
+from nodeproc import HOST, LineClient, NodeExited, wait_for
 
 from twisted_agenda.model import Contact
 
@@ -137,6 +138,13 @@ def test_a_client_port_in_use_stops_the_node_with_one_line(spawn_node):
     assert "Traceback" not in output
 
 
+def test_wait_ready_reports_a_node_that_exits(spawn_node):
+    with _listening_socket() as taken:
+        port = taken.getsockname()[1]
+        with pytest.raises(NodeExited, match=f"cannot listen on {HOST}:{port}"):
+            spawn_node("a", port=port)
+
+
 def test_a_sync_port_in_use_stops_the_node_with_one_line(spawn_node):
     with _listening_socket() as taken:
         port = taken.getsockname()[1]
@@ -191,11 +199,13 @@ def test_watch_over_a_real_socket(spawn_node):
 
 
 def test_idle_clients_are_closed_but_watchers_stay(spawn_node):
-    node = spawn_node("a", extra_args=["--idle-timeout", "0.3"])
-    with node.client() as idle, node.client() as watcher:
+    node = spawn_node("a", extra_args=["--idle-timeout", "1"])
+    with node.client() as watcher:
         watcher.request("WATCH")
-        assert idle.read_line() == "ERR timeout idle for too long; closing"
-        assert idle.sock.recv(1) == b""
+        with node.client() as idle:
+            assert idle.read_line() == "ERR timeout idle for too long; closing"
+            assert idle.sock.recv(1) == b""
+        # The watcher has been quiet longer than the timeout by now.
         with LineClient(HOST, node.port) as writer:
             writer.ok("ADD Ana 111")
         assert watcher.next_event() == "EVENT added Ana 111"
