@@ -378,12 +378,6 @@ def test_list_is_sorted_by_name_ignoring_case(conn):
     ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="node.py Node.contacts sorts by contact_key (code points), so names "
-    "starting with an accented letter (Álvaro, Érica) come after Z; sort by "
-    "(model.fold(name), key, name) instead",
-)
 def test_list_sorts_accented_names_with_their_letter(conn):
     for name in ["Zé", "Álvaro", "Bruno", "Érica", "Ana"]:
         conn.request(f"ADD {name} 123")
@@ -751,13 +745,6 @@ def test_every_write_waiting_on_a_failed_flush_is_refused(agenda, conn):
     assert conn.lines()[:2] == [UNAVAILABLE, UNAVAILABLE]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="node.py Node._write applies the op to the replica before the "
-    "journal makes it durable and never undoes it when the write fails, so a "
-    "refused ADD (ERR unavailable) is still listed; DESIGN.md has the state "
-    "change after the journal",
-)
 def test_a_refused_write_leaves_no_trace(agenda, book):
     agenda.runner.failing = DISK_FULL
     assert book.request("ADD Bia 123") == [UNAVAILABLE]

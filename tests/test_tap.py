@@ -134,13 +134,6 @@ def test_each_options_object_has_its_own_peers():
         pytest.param(
             ["--compact-min-ops", "\u00b2"],
             "--compact-min-ops must be a positive whole number",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="tap.py _count checks str.isdigit(), which accepts "
-                "superscripts like '²' that int() refuses; the ValueError "
-                "from int() then names no option ('invalid literal for "
-                "int()'); use str.isdecimal() or try int() first",
-            ),
         ),
     ],
 )

@@ -161,6 +161,8 @@ class Journal:
         self._busy = False
         self._failure: Exception | None = None
         self._snapshot_in_flight = False
+        #: Called once, before any waiter hears of a failed write.
+        self.on_failure: Callable[[], None] | None = None
         self.lines_since_snapshot = 0
         self.fsyncs = 0
 
@@ -256,6 +258,8 @@ class Journal:
         self._busy = self._snapshot_in_flight = False
         self._failure = failure.value
         log.failure("journal write failed; this node no longer accepts writes", failure)
+        if self.on_failure is not None:
+            self.on_failure()
         error = JournalUnavailable(f"journal write failed: {failure.value}")
         for d in waiters + self._waiters:
             d.errback(error)

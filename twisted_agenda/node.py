@@ -30,8 +30,15 @@ from twisted_agenda.crdt import (
 )
 from twisted_agenda.datadir import DataDir
 from twisted_agenda.hlc import ClockSkew, HybridClock
-from twisted_agenda.journal import Journal, JournalUnavailable, recover
-from twisted_agenda.model import FIELDS, Contact, clean_fields, contact_key, matches
+from twisted_agenda.journal import Journal, JournalUnavailable, Recovered, recover
+from twisted_agenda.model import (
+    FIELDS,
+    Contact,
+    clean_fields,
+    contact_key,
+    fold,
+    matches,
+)
 from twisted_agenda.oplog import OpLog
 
 log = Logger()
@@ -76,7 +83,22 @@ class Node:
         self._reactor = reactor
         self._fanout_scheduled = False
 
-        recovered = recover(datadir)
+        self._datadir = datadir
+        recovered = self._load()
+        self.journal = Journal(datadir, reactor, run_blocking, self._snapshot)
+        self.journal.on_failure = self._journal_failed
+        log.info(
+            "node {node} opened {path}: {contacts} contacts, {ops} journal ops",
+            node=node_id,
+            path=datadir.path,
+            contacts=len(self.replica),
+            ops=len(recovered.ops),
+        )
+
+    def _load(self) -> Recovered:
+        """Build the book from the data folder: the durable state only."""
+        recovered = recover(self._datadir)
+        self.replica = Replica()
         for key, record in recovered.records:
             self.replica.merge_record(key, record)
         self.replica.vv = dict(recovered.snapshot_vv)
@@ -88,13 +110,24 @@ class Node:
         for record in self.replica.records.values():
             for _, hlc, _ in record.registers.values():
                 self.clock.observe(hlc)
-        self.journal = Journal(datadir, reactor, run_blocking, self._snapshot)
-        log.info(
-            "node {node} opened {path}: {contacts} contacts, {ops} journal ops",
-            node=node_id,
-            path=datadir.path,
-            contacts=len(self.replica),
-            ops=len(recovered.ops),
+        return recovered
+
+    def _journal_failed(self) -> None:
+        """The disk refused a write: forget what never became durable.
+
+        Ops are applied in memory before their fsync; the ones in the failed
+        batch were never acknowledged, so reads must not show them either.
+        The node stays up, read-only, until it is restarted.
+        """
+        try:
+            self._load()
+        except Exception:
+            log.failure(
+                "could not reread {path} after a failed write", path=self._datadir.path
+            )
+        log.critical(
+            "node {node} is read-only: its journal failed; fix the disk and restart",
+            node=self.node_id,
         )
 
     # -- reads ---------------------------------------------------------------
@@ -106,7 +139,8 @@ class Node:
         return contact
 
     def contacts(self) -> list[Contact]:
-        return sorted(self.replica.contacts(), key=lambda c: (c.key, c.name))
+        # Accented names sort with their letter: Álvaro before Bruno.
+        return sorted(self.replica.contacts(), key=lambda c: (fold(c.name), c.key))
 
     def find(self, text: str) -> list[Contact]:
         return [c for c in self.contacts() if matches(c, text)]

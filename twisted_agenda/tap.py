@@ -48,9 +48,13 @@ def _seconds(option: str, allow_zero: bool = False):
 
 def _count(option: str):
     def coerce(value: str) -> int:
-        if not value.isdigit() or int(value) < 1:
+        try:
+            count = int(value)
+        except ValueError:
+            count = 0
+        if count < 1:
             raise ValueError(f"--{option} must be a positive whole number")
-        return int(value)
+        return count
 
     return coerce
 
