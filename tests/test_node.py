@@ -40,7 +40,7 @@ def test_add_fires_with_the_contact_once_durable(agenda):
 
 
 def test_add_refuses_bad_fields_before_writing(agenda):
-    with pytest.raises(InvalidField, match="phone needs at least 3 digits"):
+    with pytest.raises(InvalidField, match="3 digits"):
         agenda.node.add("Maria", "12")
     with pytest.raises(InvalidField, match="unknown field 'age'"):
         agenda.node.add("Maria", "123", age="40")
