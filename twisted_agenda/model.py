@@ -5,7 +5,8 @@ Limits (also in docs/protocol.md):
 - name: 1-200 characters, no control characters; compared after Unicode NFC
   and case folding, displayed as typed.
 - phone: required, at most 64 characters of digits, spaces and ``+ - ( ) .``,
-  with at least 3 digits.
+  with at least 3 digits, optionally followed by an extension ("ext. 12");
+  shown in international format when phone.py can place the number.
 - email: optional, at most 254 characters, ``local@domain.tld`` shaped.
 - note: optional, at most 2000 characters, one line.
 """
@@ -27,7 +28,6 @@ FIELDS = ("name", "phone", "email", "note")
 #: Fields that may be empty (an empty value clears them).
 OPTIONAL_FIELDS = ("email", "note")
 
-_PHONE_CHARS = re.compile(r"[0-9+\-(). ]+")
 _EMAIL = re.compile(r"[^@\s]+@[^@\s.]+(\.[^@\s.]+)+")
 
 
@@ -83,16 +83,14 @@ def clean_name(value: str) -> str:
 
 
 def clean_phone(value: str) -> str:
-    value = " ".join(value.split())
-    if not value:
-        raise InvalidField("phone must not be empty")
-    if len(value) > PHONE_MAX:
-        raise InvalidField(f"phone is longer than {PHONE_MAX} characters")
-    if not _PHONE_CHARS.fullmatch(value):
-        raise InvalidField("phone may only hold digits, spaces and + - ( ) .")
-    if len(digits(value)) < 3:
-        raise InvalidField("phone needs at least 3 digits")
-    return value
+    """A phone as typed (spaces tidied); InvalidField if it is no number.
+
+    The rules live in phone.py, with the formatting; imported here late
+    because phone.py builds on this module's limits.
+    """
+    from twisted_agenda.phone import check_phone
+
+    return check_phone(value)
 
 
 def clean_email(value: str) -> str:
@@ -133,21 +131,18 @@ def clean_fields(fields: dict[str, str]) -> dict[str, str]:
     return {name: CLEANERS[name](value) for name, value in fields.items()}
 
 
-def matches(contact: Contact, query: str) -> bool:
+def matches(contact: Contact, query: str, region: str | None = None) -> bool:
     """FIND: name, phone or email contains the text, ignoring case and accents.
 
-    A query that is a phone number matches by digits, so "11 91234-5678"
-    finds "+55 11 91234-5678".
+    A query that is a phone number matches by digits however either was
+    typed, so "11 91234-5678" finds "+55 11 91234-5678".
     """
+    from twisted_agenda.phone import phone_matches
+
     needle = fold(query.strip())
     if not needle:
         return True
     haystack = (fold(contact.name), fold(contact.phone), fold(contact.email))
     if any(needle in h for h in haystack):
         return True
-    query_digits = digits(query)
-    return (
-        len(query_digits) >= 3
-        and _PHONE_CHARS.fullmatch(query.strip()) is not None
-        and query_digits in digits(contact.phone)
-    )
+    return bool(contact.phone) and phone_matches(query, contact.phone, region)

@@ -40,6 +40,7 @@ from twisted_agenda.model import (
     matches,
 )
 from twisted_agenda.oplog import OpLog
+from twisted_agenda.phone import normalize_phone
 
 log = Logger()
 
@@ -65,8 +66,11 @@ class Node:
         compact_min_ops: int = 10_000,
         compact_ratio: float = 4.0,
         log_keep_ops: int = 200_000,
+        default_region: str | None = None,
     ) -> None:
         self.node_id = node_id
+        #: Where numbers typed without +country are (phone.py), e.g. "BR".
+        self.default_region = default_region
         self.clock = clock or HybridClock()
         self.replica = Replica()
         self.compact_min_ops = compact_min_ops
@@ -143,12 +147,18 @@ class Node:
         return sorted(self.replica.contacts(), key=lambda c: (fold(c.name), c.key))
 
     def find(self, text: str) -> list[Contact]:
-        return [c for c in self.contacts() if matches(c, text)]
+        return [c for c in self.contacts() if matches(c, text, self.default_region)]
 
     # -- local writes: each returns a Deferred firing once durable ------------
 
+    def _clean(self, fields: dict[str, str]) -> dict[str, str]:
+        fields = clean_fields(fields)
+        if "phone" in fields:
+            fields["phone"] = normalize_phone(fields["phone"], self.default_region)
+        return fields
+
     def add(self, name: str, phone: str, **optional: str) -> defer.Deferred:
-        fields = clean_fields({"name": name, "phone": phone, **optional})
+        fields = self._clean({"name": name, "phone": phone, **optional})
         key = contact_key(fields["name"])
         if self.replica.get(key) is not None:
             raise Exists(fields["name"])
@@ -158,7 +168,7 @@ class Node:
         return self._write(key, PUT, fields)
 
     def update(self, name: str, **changes: str) -> defer.Deferred:
-        fields = clean_fields(changes)
+        fields = self._clean(changes)
         key = contact_key(name)
         current = self.replica.get(key)
         if current is None:

@@ -13,6 +13,7 @@ refused, with ``InvalidField`` saying why.
 
 from __future__ import annotations
 
+import functools
 import re
 
 import phonenumbers
@@ -102,6 +103,7 @@ def normalize_phone(text: str, region: str | None = None) -> str:
     return phonenumbers.format_number(parsed, PhoneNumberFormat.INTERNATIONAL)
 
 
+@functools.lru_cache(maxsize=65_536)
 def _national_digits(text: str, region: str | None) -> str:
     """The national significant number when the text can be read as one."""
     try:

@@ -18,6 +18,7 @@ from twisted_agenda.lineproto import (
 )
 from twisted_agenda.node import Node
 from twisted_agenda.peerproto import PeerServerFactory
+from twisted_agenda.phone import check_region
 
 
 def _port(option: str):
@@ -57,6 +58,13 @@ def _count(option: str):
         return count
 
     return coerce
+
+
+def _region(value: str) -> str | None:
+    try:
+        return check_region(value)
+    except ValueError as e:
+        raise ValueError(f"--default-region: {e}") from None
 
 
 def parse_peer(text: str) -> tuple[str, int]:
@@ -106,6 +114,13 @@ class Options(usage.Options):
             5.0,
             "Seconds between anti-entropy rounds with each peer.",
             _seconds("sync-interval"),
+        ],
+        [
+            "default-region",
+            None,
+            None,
+            "Country of phone numbers typed without +code, e.g. BR.",
+            _region,
         ],
         [
             "compact-min-ops",
@@ -191,6 +206,7 @@ def makeService(config: Options) -> AgendaService:
             reactor,
             run_blocking,
             compact_min_ops=config["compact-min-ops"],
+            default_region=config["default-region"],
         )
     except (DataDirError, JournalCorrupt) as e:
         datadir.close()
