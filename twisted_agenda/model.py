@@ -63,11 +63,16 @@ def fold(text: str) -> str:
     return "".join(c for c in decomposed if not unicodedata.combining(c))
 
 
+_NON_DIGITS = re.compile(r"[^0-9]+")
+
+
 def digits(text: str) -> str:
-    return "".join(c for c in text if c.isdigit())
+    return _NON_DIGITS.sub("", text)
 
 
 def _has_control(text: str) -> bool:
+    if text.isprintable():  # the common case, in C
+        return False
     return any(unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") for c in text)
 
 

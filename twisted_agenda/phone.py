@@ -97,6 +97,8 @@ def normalize_phone(text: str, region: str | None = None) -> str:
     if extension:
         # Extension syntax varies by office and country; keep the person's.
         return value
+    if region is None and not number.startswith("+"):
+        return value  # no country to place it in: nothing to parse
     parsed = _parse(number, region)
     if parsed is None:
         return value
