@@ -21,13 +21,19 @@ each step to ``on_status`` so a window can say what happened.
 from __future__ import annotations
 
 import functools
+import ipaddress
 from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from attrs import define, field, frozen
 from twisted.internet import defer, error
-from twisted.internet.endpoints import HostnameEndpoint, connectProtocol
+from twisted.internet.endpoints import (
+    HostnameEndpoint,
+    TCP4ClientEndpoint,
+    TCP6ClientEndpoint,
+    connectProtocol,
+)
 from twisted.logger import Logger
 from twisted.protocols.basic import LineOnlyReceiver
 from twisted.python.failure import Failure
@@ -400,6 +406,17 @@ class Status:
     node_id: str | None = None
 
 
+def _endpoint(reactor: Any, address: Address, timeout: float):
+    """A TCP endpoint; IP addresses skip the resolver (and its threads)."""
+    try:
+        ip = ipaddress.ip_address(address.host)
+    except ValueError:
+        return HostnameEndpoint(reactor, address.host, address.port, timeout=timeout)
+    if ip.version == 6:
+        return TCP6ClientEndpoint(reactor, address.host, address.port, timeout)
+    return TCP4ClientEndpoint(reactor, address.host, address.port, timeout)
+
+
 def _deferred(method):
     """Let an ``async def`` method return a Deferred, Twisted-style."""
 
@@ -511,9 +528,7 @@ class AgendaClient:
         raise ConnectionFailed("no node reachable (" + "; ".join(problems) + ")")
 
     async def _open(self, address: Address) -> AgendaProtocol:
-        endpoint = HostnameEndpoint(
-            self.reactor, address.host, address.port, timeout=self.connect_timeout
-        )
+        endpoint = _endpoint(self.reactor, address, self.connect_timeout)
         protocol = AgendaProtocol(on_event=self._event)
         await connectProtocol(endpoint, protocol)
         greeted = protocol.greeted

@@ -248,6 +248,9 @@ class AgendaApp:
     def _build(self, servers: str) -> None:
         root = self.root
         root.title(TITLE)
+        style = ttk.Style(root)
+        if "clam" in style.theme_names():
+            style.theme_use("clam")
         root.minsize(560, 320)
         root.columnconfigure(0, weight=1)
         root.rowconfigure(2, weight=1)
@@ -560,6 +563,9 @@ class AgendaApp:
         """Close the window's connection; then ``on_close`` (stop the reactor)."""
         if self.dialog is not None:
             self.dialog.close()
+        if self._render_call is not None and self._render_call.active():
+            self._render_call.cancel()
+        self._render_call = None
         d = self._stop_client()
         if self.on_close is not None:
             d.addBoth(lambda _: self.on_close())

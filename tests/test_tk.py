@@ -1,0 +1,536 @@
+"""The Tk window, for real: Xvfb, a Tk root on the test's reactor, real nodes.
+
+The window runs in this process (``tksupport`` drives Tk from the reactor
+that pytest-twisted runs), so tests type into its entries, invoke its
+buttons and read its table while it talks to real ``twistd`` nodes. One
+test runs ``python -m twisted_agenda.tk`` as a program and types into it
+with xdotool. Set AGENDA_SCREENSHOT=docs/screenshot.png to save the
+window's picture there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import time
+import tkinter as tk
+import zlib
+from pathlib import Path
+
+import pytest
+import pytest_twisted
+from nodeproc import REPO_ROOT, NodeProcess, wait_for
+from twisted.internet import reactor, task, tksupport
+
+from twisted_agenda.client import request_line
+from twisted_agenda.client.tk import AgendaApp, ConfirmDialog, ContactDialog
+from twisted_agenda.model import Contact
+
+XVFB = shutil.which("Xvfb")
+XVFB_OPTIONS = ["-nolisten", "tcp", "-screen", "0", "1024x768x24"]
+pytestmark = pytest.mark.skipif(
+    XVFB is None, reason="Xvfb is not installed (apt-get install xvfb)"
+)
+
+BOOK = [
+    Contact("Maria da Silva", "+55 11 91234-5678", "maria@example.com"),
+    Contact("João d'Ávila", "+351 21 123 4567", "joao@example.pt", "Lisbon office"),
+    Contact('Ana: "the {boss}" \\ [x] $y', "+1 201-555-0123", "ana@example.com"),
+    Contact("Zoë Brandt", "+49 30 1234567", "zoe@example.de"),
+]
+
+
+# -- fixtures ------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def xvfb():
+    """A private X server; Xvfb picks a free display number itself."""
+    read_end, write_end = os.pipe()
+    proc = subprocess.Popen(
+        [XVFB, "-displayfd", str(write_end), *XVFB_OPTIONS],
+        pass_fds=(write_end,),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    os.close(write_end)
+    try:
+        number = b""
+        deadline = time.monotonic() + 20
+        while not number.endswith(b"\n"):
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([read_end], [], [], left)[0]:
+                raise RuntimeError("Xvfb did not report its display in 20 s")
+            chunk = os.read(read_end, 16)
+            if not chunk:
+                raise RuntimeError(f"Xvfb exited: {proc.stderr.read().decode()}")
+            number += chunk
+        yield f":{number.decode().strip()}"
+    finally:
+        os.close(read_end)
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="module")
+def display():
+    with xvfb() as display:
+        yield display
+
+
+@pytest_twisted.async_yield_fixture()
+async def window(display, tmp_path):
+    root = tk.Tk(screenName=display, className="Agenda")
+    tksupport.install(root)
+    app = AgendaApp(
+        root, reactor, servers="", config_file=tmp_path / "tk.json", request_timeout=3
+    )
+    _ui.app = app
+    failures = []
+    app._callback_failed = lambda *exc: failures.append(exc)
+    root.report_callback_exception = app._callback_failed
+    yield app
+    await app.close()
+    tksupport.uninstall()
+    root.destroy()
+    assert failures == [], "a window callback raised"
+
+
+class _UI:
+    """What the window said last, for a timeout's message."""
+
+    app: AgendaApp | None = None
+
+    def __str__(self) -> str:
+        app = self.app
+        if app is None:
+            return "no window"
+        dialog = getattr(app.dialog, "error_var", None)
+        return (
+            f"status={app.status_var.get()!r} message={app.message_var.get()!r} "
+            f"dialog={dialog.get() if dialog else None!r} rows={app.rows()!r}"
+        )
+
+
+_ui = _UI()
+
+
+def add_contacts(node: NodeProcess, contacts) -> None:
+    with node.client() as c:
+        for contact in contacts:
+            c.ok(
+                request_line(
+                    "ADD",
+                    name=contact.name,
+                    phone=contact.phone,
+                    email=contact.email or None,
+                    note=contact.note or None,
+                )
+            )
+
+
+def book_of(node: NodeProcess) -> list[Contact]:
+    with node.client() as c:
+        return c.contacts()
+
+
+async def until(predicate, timeout: float = 10.0, message: str = ""):
+    """Poll while the reactor (and so Tk) keeps running."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(message or f"not true after {timeout}s: {_ui}")
+        await task.deferLater(reactor, 0.02, lambda: None)
+
+
+def rows_of(contacts) -> list[tuple[str, str, str]]:
+    ordered = sorted(contacts, key=lambda c: c.key)
+    return [(c.name, c.phone, c.email) for c in ordered]
+
+
+async def connect(app: AgendaApp, *nodes: NodeProcess) -> None:
+    app.servers_var.set(", ".join(f"127.0.0.1:{n.port}" for n in nodes))
+    app.connect_button.invoke()
+    await until(
+        lambda: app.status_var.get().startswith("Connected to node"), timeout=30
+    )
+
+
+async def press(widget, key: str) -> None:
+    """A key press as Tk delivers it: to the widget with the keyboard focus."""
+    await until(widget.winfo_viewable)
+    widget.focus_force()
+    widget.event_generate(key)
+
+
+def type_into(entry, text: str) -> None:
+    entry.delete(0, "end")
+    for char in text:
+        entry.insert("end", char)
+
+
+# -- the window ----------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_window_shows_the_book_and_which_node_it_uses(window, spawn_node):
+    node = spawn_node("a", node_id="lisboa")
+    add_contacts(node, BOOK)
+    await connect(window, node)
+    await until(lambda: window.rows() == rows_of(BOOK))
+    assert (
+        window.status_var.get() == f"Connected to node lisboa at 127.0.0.1:{node.port}"
+    )
+    assert window.root.title() == "Agenda — node lisboa"
+    assert window.count_var.get() == "4 contacts"
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_search_box_filters_as_you_type(window, spawn_node):
+    node = spawn_node("a")
+    add_contacts(node, BOOK)
+    await connect(window, node)
+    await until(lambda: len(window.rows()) == 4)
+    shown = []
+    for prefix in ("a", "an", "ana"):
+        type_into(window.search_entry, prefix)
+        shown.append([row[0] for row in window.rows()])
+    assert shown == [
+        [c.name for c in sorted(BOOK, key=lambda c: c.key)],
+        [BOOK[2].name, "Zoë Brandt"],
+        [BOOK[2].name],
+    ]
+    # Accents and case do not matter; digits match however typed.
+    type_into(window.search_entry, "ZOE")
+    assert [r[0] for r in window.rows()] == ["Zoë Brandt"]
+    type_into(window.search_entry, "(11) 91234 5678")
+    assert [r[0] for r in window.rows()] == ["Maria da Silva"]
+    assert window.count_var.get() == "1 of 4 contacts"
+    type_into(window.search_entry, "{boss}")
+    assert [r[0] for r in window.rows()] == [BOOK[2].name]
+    type_into(window.search_entry, "")
+    assert len(window.rows()) == 4
+
+
+@pytest_twisted.ensureDeferred
+async def test_add_edit_and_remove_with_buttons_and_keys(window, spawn_node):
+    node = spawn_node("a")
+    await connect(window, node)
+    name = 'x:y "quoted" {brace} Ana=Bia'
+
+    # Add, with the button.
+    window.add_button.invoke()
+    dialog = window.dialog
+    assert isinstance(dialog, ContactDialog)
+    dialog.vars["name"].set(name)
+    dialog.vars["phone"].set("+55 11 91234-5678")
+    dialog.vars["email"].set("x@example.com")
+    dialog.save_button.invoke()
+    await until(lambda: window.dialog is None)
+    assert book_of(node) == [Contact(name, "+55 11 91234-5678", "x@example.com")]
+    await until(lambda: window.rows() == [(name, "+55 11 91234-5678", "x@example.com")])
+    assert window.message_var.get() == f"Added {name}."
+
+    # Edit, with Enter on the selected row.
+    assert window.select(name)
+    await press(window.tree, "<Return>")
+    dialog = window.dialog
+    assert isinstance(dialog, ContactDialog)
+    assert dialog.vars["name"].get() == name
+    assert "readonly" in dialog.entries["name"].state()
+    dialog.vars["email"].set("")
+    dialog.vars["note"].set("met at the conference")
+    await press(dialog.entries["note"], "<Return>")
+    await until(lambda: window.dialog is None)
+    assert book_of(node) == [
+        Contact(name, "+55 11 91234-5678", "", "met at the conference")
+    ]
+    await until(lambda: window.rows() == [(name, "+55 11 91234-5678", "")])
+
+    # Remove, with the Delete key: it asks first; Cancel keeps the contact.
+    await press(window.tree, "<Delete>")
+    assert isinstance(window.dialog, ConfirmDialog)
+    window.dialog.cancel_button.invoke()
+    assert window.dialog is None
+    assert len(book_of(node)) == 1
+    window.remove_button.invoke()
+    window.dialog.remove_button.invoke()
+    await until(lambda: window.rows() == [])
+    assert book_of(node) == []
+    await until(lambda: window.message_var.get() == f"Removed {name}.")
+
+
+@pytest_twisted.ensureDeferred
+async def test_errors_are_shown_in_the_window(window, spawn_node, capfd):
+    node = spawn_node("a")
+    add_contacts(node, BOOK[:1])
+
+    window.servers_var.set("127.0.0.1:notaport")
+    window.connect_button.invoke()
+    assert window.message_var.get() == (
+        "Servers: '127.0.0.1:notaport': the port must be a number 1-65535"
+    )
+    await connect(window, node)
+    await until(lambda: len(window.rows()) == 1)
+
+    window.edit_button.invoke()
+    assert window.message_var.get() == "Select a contact to edit."
+    window.remove_button.invoke()
+    assert window.message_var.get() == "Select a contact to remove."
+
+    window.add_button.invoke()
+    dialog = window.dialog
+    dialog.vars["name"].set("MARIA DA SILVA")
+    dialog.vars["phone"].set("123 456")
+    dialog.save_button.invoke()
+    await until(lambda: "exists" in dialog.error_var.get())
+    assert dialog.error_var.get() == 'A contact named "MARIA DA SILVA" exists'
+    assert window.dialog is dialog  # still open, to fix and retry
+    dialog.vars["name"].set("Someone Else")
+    dialog.vars["phone"].set("call me")
+    dialog.save_button.invoke()
+    await until(lambda: dialog.error_var.get().startswith("Phone"))
+    assert "call me" in dialog.error_var.get() or "digits" in dialog.error_var.get()
+    dialog.vars["phone"].set("123 456")
+    dialog.save_button.invoke()
+    await until(lambda: window.dialog is None)
+
+    # Removed meanwhile by someone else: not found, said in the window.
+    window.select("Someone Else")
+    window.remove_button.invoke()
+    with node.client() as c:
+        c.ok('REMOVE "Someone Else"')
+    window.dialog.remove_button.invoke()
+    await until(lambda: window.message_var.get() == 'No contact named "Someone Else"')
+    assert "Traceback" not in "".join(capfd.readouterr())
+
+
+@pytest_twisted.ensureDeferred
+async def test_changes_by_others_on_any_node_appear_live(window, spawn_node):
+    b = spawn_node("b", node_id="b")
+    a = spawn_node("a", node_id="a", peers=[b.sync_address])
+    await connect(window, a)
+    # Someone else on the same node.
+    add_contacts(a, BOOK[:1])
+    await until(lambda: window.rows() == rows_of(BOOK[:1]))
+    # Someone else on another node: it arrives by replication, then WATCH.
+    add_contacts(b, BOOK[1:2])
+    await until(lambda: window.rows() == rows_of(BOOK[:2]), timeout=20)
+    with b.client() as c:
+        c.ok(request_line("UPDATE", name=BOOK[0].name, email="new@example.com"))
+        c.ok(request_line("REMOVE", BOOK[1].name))
+    expected = [(BOOK[0].name, BOOK[0].phone, "new@example.com")]
+    await until(lambda: window.rows() == expected, timeout=20)
+
+
+@pytest_twisted.ensureDeferred
+async def test_when_its_node_dies_the_window_moves_to_the_next(window, spawn_node):
+    b = spawn_node("b", node_id="b")
+    a = spawn_node("a", node_id="a", peers=[b.sync_address])
+    add_contacts(a, BOOK)
+    await until(lambda: len(book_of(b)) == 4, timeout=20)
+    await connect(window, a, b)
+    await until(lambda: len(window.rows()) == 4)
+    a.crash()
+    await until(lambda: "node b" in window.status_var.get())
+    assert window.status_var.get() == (
+        f"Reconnected (moved from 127.0.0.1:{a.port}): node b at 127.0.0.1:{b.port}"
+    )
+    assert window.root.title() == "Agenda — node b"
+    assert window.rows() == rows_of(BOOK)
+    add_contacts(b, [Contact("After Failover", "123 456")])
+    await until(lambda: ("After Failover", "123 456", "") in window.rows())
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_window_keeps_working_while_a_node_hangs(window, spawn_node):
+    node = spawn_node("a")
+    add_contacts(node, BOOK)
+    await connect(window, node)
+    await until(lambda: len(window.rows()) == 4)
+    node.kill(signal.SIGSTOP)
+    try:
+        window.add_button.invoke()
+        dialog = window.dialog
+        dialog.vars["name"].set("Waiting")
+        dialog.vars["phone"].set("123 456")
+        dialog.save_button.invoke()
+        assert dialog.error_var.get() == "Saving…"
+        # The request is stuck, the window is not.
+        type_into(window.search_entry, "zoe")
+        assert [r[0] for r in window.rows()] == ["Zoë Brandt"]
+        await until(lambda: "no reply" in dialog.error_var.get(), timeout=10)
+        error = dialog.error_var.get()
+        assert error.startswith("Lost node ")
+        assert "no reply within 3 s" in error
+        assert "the change may or may not have been made" in error
+        # The dialog stays, ready to try again.
+        assert window.dialog is dialog
+        assert "disabled" not in dialog.save_button.state()
+    finally:
+        node.kill(signal.SIGCONT)
+    # The node is back: the window reconnects by itself.
+    await until(lambda: window.status_var.get().startswith("Reconnected"), 15)
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_servers_are_remembered(window, spawn_node, display, tmp_path):
+    node = spawn_node("a")
+    b = f"127.0.0.1:{node.port + 1 if node.port < 65535 else 1}"
+    window.servers_var.set(f"127.0.0.1:{node.port},{b}")
+    window.connect_button.invoke()
+    await until(lambda: window.status_var.get().startswith("Connected to node"))
+    root = tk.Tk(screenName=display, className="Agenda")
+    try:
+        again = AgendaApp(root, reactor, config_file=tmp_path / "tk.json")
+        assert again.servers_var.get() == f"127.0.0.1:{node.port}, {b}"
+    finally:
+        root.destroy()
+
+
+# -- as a program, and its picture ---------------------------------------------
+
+
+def _xdotool(display: str, *args: str) -> str:
+    result = subprocess.run(
+        ["xdotool", *args],
+        env={**os.environ, "DISPLAY": display},
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    return result.stdout.strip() if result.returncode == 0 else ""
+
+
+def test_runs_as_a_program_driven_by_the_keyboard(spawn_node, tmp_path):
+    node = spawn_node("a", node_id="prog")
+    # Its own X server: keys typed here must never reach the other windows.
+    with xvfb() as display:
+        _run_program(display, node, tmp_path)
+
+
+def _run_program(display: str, node: NodeProcess, tmp_path: Path) -> None:
+    add_contacts(node, BOOK)
+    env = dict(os.environ)
+    env.update(
+        DISPLAY=display,
+        XDG_CONFIG_HOME=str(tmp_path / "config"),
+        AGENDA_SERVER=f"127.0.0.1:{node.port}",
+        PYTHONPATH=os.pathsep.join(
+            filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")])
+        ),
+    )
+    errors = tmp_path / "tk.err"
+    with open(errors, "wb") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "twisted_agenda.tk"],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=err,
+            stderr=err,
+        )
+    try:
+        window = wait_for(lambda: _xdotool(display, "search", "--name", "^Agenda$"))
+        # It asks first, prefilled from AGENDA_SERVER: Enter connects.
+        _xdotool(display, "windowfocus", "--sync", window)
+        _xdotool(display, "key", "--window", window, "Return")
+        wait_for(lambda: _xdotool(display, "search", "--name", "node prog$"))
+        config = tmp_path / "config" / "twisted_agenda" / "tk.json"
+        assert json.loads(config.read_text())["servers"] == f"127.0.0.1:{node.port}"
+        # Ctrl+Q closes the window and ends the program cleanly.
+        _xdotool(display, "key", "--window", window, "ctrl+q")
+        assert proc.wait(timeout=15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert "Traceback" not in errors.read_text()
+
+
+def test_without_a_display_it_says_so(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "DISPLAY"}
+    env["PYTHONPATH"] = str(REPO_ROOT)
+    result = subprocess.run(
+        [sys.executable, "-m", "twisted_agenda.tk", "--server", "127.0.0.1:9"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert result.stderr.startswith("agenda-tk: cannot open a window: ")
+    assert "Traceback" not in result.stderr
+
+
+def xwd_to_png(data: bytes) -> tuple[bytes, int, int, int]:
+    """An ``xwd`` dump of a 24-bit TrueColor screen as PNG.
+
+    Returns the PNG, its width and height, and how many colours it has.
+    """
+    fields = struct.unpack(">25I", data[:100])
+    header_size, version, pixmap_format = fields[0], fields[1], fields[2]
+    width, height, byte_order = fields[4], fields[5], fields[7]
+    bits_per_pixel, bytes_per_line, masks = fields[11], fields[12], fields[14:17]
+    assert (version, pixmap_format, bits_per_pixel) == (7, 2, 32), fields
+    assert masks == (0xFF0000, 0xFF00, 0xFF), masks
+    # Each pixel is B G R x in memory when LSB first, x R G B otherwise.
+    red, green, blue = (2, 1, 0) if byte_order == 0 else (1, 2, 3)
+    offset = header_size + fields[19] * 12
+    raw = bytearray()
+    colours = set()
+    for y in range(height):
+        line = data[offset + y * bytes_per_line :][: width * 4]
+        rgb = bytearray(width * 3)
+        rgb[0::3], rgb[1::3], rgb[2::3] = line[red::4], line[green::4], line[blue::4]
+        raw += b"\0" + rgb  # PNG filter type 0 (none) for each row
+        colours.update(struct.unpack(f"{width}I", line))
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        crc = zlib.crc32(kind + body)
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc)
+
+    png = b"\x89PNG\r\n\x1a\n"
+    png += chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+    png += chunk(b"IDAT", zlib.compress(bytes(raw), 9))
+    png += chunk(b"IEND", b"")
+    return png, width, height, len(colours)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_screenshot_of_the_window(window, spawn_node, display, tmp_path):
+    node = spawn_node("a", node_id="a1")
+    add_contacts(node, BOOK)
+    window.root.geometry("760x470")
+    await connect(window, node)
+    await until(lambda: len(window.rows()) == len(BOOK))
+    window.select(BOOK[0].name)
+    await until(lambda: window.root.winfo_width() == 760)
+    await task.deferLater(reactor, 0.2, lambda: None)  # let Tk paint
+    frame = window.root.wm_frame()
+    dump = subprocess.run(
+        ["xwd", "-silent", "-display", display, "-id", frame],
+        capture_output=True,
+        check=True,
+        timeout=20,
+    ).stdout
+    png, width, height, colours = xwd_to_png(dump)
+    assert (width, height) == (760, 470)
+    assert colours > 20, "the window looks blank"
+    (tmp_path / "window.png").write_bytes(png)
+    target = os.environ.get("AGENDA_SCREENSHOT")
+    if target:
+        Path(target).write_bytes(png)
