@@ -179,6 +179,15 @@ class Journal:
         self._pending.extend(lines)
         return self._wait()
 
+    @property
+    def idle(self) -> bool:
+        """Nothing appended is waiting for the disk."""
+        return not (self._busy or self._waiters)
+
+    def barrier(self) -> defer.Deferred:
+        """Fires once everything appended so far is on disk."""
+        return defer.succeed(None) if self.idle else self._wait()
+
     def compact(self) -> defer.Deferred:
         """Fires once a snapshot of the book as it is now is on disk."""
         self._compact_next = True
@@ -267,7 +276,7 @@ class Journal:
 
     def close(self) -> defer.Deferred:
         """Wait for pending writes, then close the file."""
-        idle = not (self._busy or self._waiters) or self._failure is not None
+        idle = self.idle or self._failure is not None
         d = defer.succeed(None) if idle else self._wait()
 
         def closed(result):

@@ -46,6 +46,10 @@ QUIT                         close the connection
 Quote values with spaces: ADD "Maria da Silva" "+55 11 91234-5678\""""
 
 
+#: Commands whose replies (answers or errors like not-found) show the book.
+SHOWS_STATE = frozenset({"GET", "LIST", "FIND", "STATUS", "ADD", "UPDATE", "REMOVE"})
+
+
 class RequestError(Exception):
     """A request the protocol refuses: ``ERR <code> <message>``."""
 
@@ -207,9 +211,19 @@ class AgendaLineProtocol(protocol.Protocol, TimeoutMixin):
                 f"ERR unknown-command unknown command {quoting.quote(verb)}; try HELP"
             ]
         try:
-            return handler(args)
+            result = handler(args)
         except Exception:
-            return self._error_lines(Failure())
+            result = self._error_lines(Failure())
+        if (
+            verb in SHOWS_STATE
+            and not isinstance(result, defer.Deferred)
+            and not self.node.journal.idle
+        ):
+            # Changes applied in memory are not on disk yet: hold this reply
+            # until they are, so no reply ever shows a change that a crash
+            # could still take back (the rule a write's own OK follows).
+            result = self.node.journal.barrier().addCallback(lambda _, r=result: r)
+        return result
 
     def _error_lines(self, failure) -> list[str]:
         error = failure.value

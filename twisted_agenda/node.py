@@ -173,8 +173,6 @@ class Node:
         current = self.replica.get(key)
         if current is None:
             raise NotFound(name)
-        if "name" in fields and contact_key(fields["name"]) != key:
-            raise ValueError("a contact cannot be renamed to another name")
         changed = {f: v for f, v in fields.items() if getattr(current, f) != v}
         if not changed:
             return defer.succeed(current)

@@ -147,7 +147,8 @@ def build_parser(stdout: IO, stderr: IO) -> _Parser:
     p.add_argument(
         "--region",
         metavar="CC",
-        help="country of numbers without +code, to compare phones (e.g. BR)",
+        help="country of numbers without +code, to compare phones (e.g. BR; "
+        "default: the node's --default-region when its STATUS shows it)",
     )
     p.add_argument(
         "--dry-run",
@@ -367,6 +368,13 @@ async def cmd_import(client: AgendaClient, args, out: Output, stdin=None) -> int
     except ValueError as e:
         raise UsageError(str(e)) from None
     text = _read_input(args.file, stdin)
+    if region is None:
+        # Compare local numbers as the node reads them, if it says how.
+        status = await client.status()
+        try:
+            region = check_region(status.fields.get("default_region"))
+        except ValueError:
+            region = None
     name = "stdin" if args.file == "-" else args.file
     cards = vcard.read_contacts(text, args.format, None if name == "stdin" else name)
     if not cards:
