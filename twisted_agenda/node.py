@@ -4,7 +4,8 @@ Everything that changes the book passes through here in the same order:
 op -> replica (in memory) -> journal (group commit) -> once durable: the
 caller's Deferred fires, watchers hear the change, peers are offered the op.
 Peers only ever receive durable ops, so a crash can never make a node reuse
-a sequence number that another node already holds.
+a sequence number that another node already holds; and the line protocol
+holds any reply that shows the book until what it shows is durable.
 """
 
 from __future__ import annotations
