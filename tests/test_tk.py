@@ -224,6 +224,13 @@ async def test_the_search_box_filters_as_you_type(window, spawn_node):
     assert [r[0] for r in window.rows()] == [BOOK[2].name]
     type_into(window.search_entry, "")
     assert len(window.rows()) == 4
+    # A click on a heading sorts by that column; a second one reverses.
+    click_phone_heading = window.tree.heading("phone", "command")
+    window.tree.tk.call(click_phone_heading)
+    phones = [row[1] for row in window.rows()]
+    assert phones == sorted(phones)
+    window.tree.tk.call(click_phone_heading)
+    assert [row[1] for row in window.rows()] == sorted(phones, reverse=True)
 
 
 @pytest_twisted.ensureDeferred
