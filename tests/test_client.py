@@ -56,7 +56,7 @@ ODD_NAMES = [
 ]
 
 
-async def until(predicate, timeout: float = 10.0, message: str = ""):
+async def until(predicate, timeout: float = 20.0, message: str = ""):
     """Poll without blocking the reactor; the predicate's truthy value."""
     deadline = time.monotonic() + timeout
     while True:

@@ -145,7 +145,7 @@ def book_of(node: NodeProcess) -> list[Contact]:
         return c.contacts()
 
 
-async def until(predicate, timeout: float = 10.0, message: str = ""):
+async def until(predicate, timeout: float = 20.0, message: str = ""):
     """Poll while the reactor (and so Tk) keeps running."""
     deadline = time.monotonic() + timeout
     while True:

@@ -635,7 +635,8 @@ class AgendaClient:
         for attempt in range(attempts):
             await self.connect()
             protocol = self.protocol
-            assert protocol is not None
+            if protocol is None:
+                raise ConnectionLost("the connection closed as it opened")
             d = protocol.request(line)
             if self.request_timeout is not None:
                 d.addTimeout(self.request_timeout, self.reactor, self._hung(protocol))
