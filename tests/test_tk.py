@@ -526,7 +526,8 @@ async def test_a_screenshot_of_the_window(window, spawn_node, display, tmp_path)
     await until(lambda: len(window.rows()) == len(BOOK))
     window.select(BOOK[0].name)
     await until(lambda: window.root.winfo_width() == 760)
-    await task.deferLater(reactor, 0.2, lambda: None)  # let Tk paint
+    await until(window.root.winfo_viewable)
+    window.root.update_idletasks()  # Tk paints in idle callbacks: run them now
     frame = window.root.wm_frame()
     dump = subprocess.run(
         ["xwd", "-silent", "-display", display, "-id", frame],
