@@ -41,3 +41,7 @@ def test_update_formats_the_new_number(br):
     br.node.update("Maria", phone="21 3333-4444")
     br.settle()
     assert br.node.get("Maria").phone == "+55 21 3333-4444"
+
+
+def test_status_tells_clients_the_region(br):
+    assert "default_region=BR" in br.request("STATUS")

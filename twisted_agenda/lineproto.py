@@ -360,9 +360,13 @@ class AgendaLineFactory(protocol.Factory):
 def basic_status(node: Node) -> list[str]:
     """STATUS lines about the node itself (the cluster adds one per peer)."""
     vv = ",".join(f"{o}:{s}" for o, s in sorted(node.replica.vv.items()))
-    return [
+    lines = [
         f"node={quoting.quote(node.node_id)}",
         f"version={__version__}",
         f"contacts={len(node.replica)}",
         f"vv={vv or '-'}",
     ]
+    if node.default_region:
+        # Clients compare phone numbers typed locally with the same region.
+        lines.append(f"default_region={node.default_region}")
+    return lines
