@@ -16,6 +16,18 @@ from twisted_agenda.peerproto import PeerClientFactory, PeerProtocol
 EPOCH = 1_790_000_000.0
 
 
+def join(server, client, clock) -> iosim.IOPump:
+    """Connect two protocols in memory; the pump moves their bytes."""
+    return iosim.connect(
+        server,
+        iosim.makeFakeServer(server),
+        client,
+        iosim.makeFakeClient(client),
+        greet=False,
+        clock=clock,
+    )
+
+
 def run_now(f, *args):
     return defer.maybeDeferred(f, *args)
 
@@ -58,14 +70,7 @@ class Harness:
         self.clusters[dialer].dialers.append(factory)
         client = factory.buildProtocol(None)
         server = PeerProtocol(self.clusters[listener], dialed=False)
-        pump = iosim.connect(
-            server,
-            iosim.makeFakeServer(server),
-            client,
-            iosim.makeFakeClient(client),
-            greet=False,
-            clock=self.clock,
-        )
+        pump = join(server, client, self.clock)
         for proto in (client, server):
             original = proto.dataReceived
 

@@ -6,11 +6,10 @@ a recorded attempt is joined to a peer's server protocol with iosim.
 
 from __future__ import annotations
 
-from replication_harness import run_now
+from replication_harness import join, run_now
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
-from twisted.test import iosim
 
 from twisted_agenda.cluster import Cluster
 from twisted_agenda.datadir import DataDir
@@ -57,14 +56,7 @@ def test_retries_back_off_to_the_cap_and_reset_after_handshake(tmp_path):
     # A TCP connection alone does not reset the delay; a handshake does.
     client = dialer.buildProtocol(None)
     server = PeerProtocol(b, dialed=False)
-    pump = iosim.connect(
-        server,
-        iosim.makeFakeServer(server),
-        client,
-        iosim.makeFakeClient(client),
-        greet=False,
-        clock=reactor,
-    )
+    pump = join(server, client, reactor)
     assert dialer.delay > dialer.initialDelay
     pump.flush()
     assert dialer.state == "connected" and "b" in a.sessions
@@ -84,14 +76,7 @@ def test_unanswered_sync_drops_the_session(tmp_path):
     a.startService()
     client = a.dialers[0].buildProtocol(None)
     server = PeerProtocol(b, dialed=False)
-    pump = iosim.connect(
-        server,
-        iosim.makeFakeServer(server),
-        client,
-        iosim.makeFakeClient(client),
-        greet=False,
-        clock=reactor,
-    )
+    pump = join(server, client, reactor)
     pump.flush()
     assert "b" in a.sessions
     # b goes silent (a half-open connection): a's syncs get no answer.
