@@ -82,60 +82,50 @@ def test_chain_topology_converges(net):
         assert [c.name for c in net.book(name)] == names
 
 
-def test_concurrent_edits_of_different_fields_both_survive(net):
+MARIA = ("Maria", "111-111")
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "expected"),
+    [
+        pytest.param(
+            ("a", "update", {"phone": "222-222"}),
+            ("b", "update", {"email": "maria@x.com"}),
+            [Contact("Maria", "222-222", "maria@x.com")],
+            id="different fields: both edits kept",
+        ),
+        pytest.param(
+            ("a", "update", {"phone": "222-222"}),
+            ("b", "update", {"phone": "333-333"}),
+            [Contact("Maria", "333-333", "old@x.com")],
+            id="same field: the later stamp wins everywhere",
+        ),
+        pytest.param(
+            ("a", "remove", {}),
+            ("b", "update", {"note": "call back"}),
+            [Contact("Maria", note="call back")],
+            id="edit after a remove: back with the edit only",
+        ),
+        pytest.param(
+            ("b", "update", {"note": "call back"}),
+            ("a", "remove", {}),
+            [],
+            id="remove after an edit: gone",
+        ),
+    ],
+)
+def test_concurrent_edits_converge(net, first, second, expected):
     net.node("a"), net.node("b")
     net.connect("a", "b")
-    net.write("a", "add", "Maria", "111-111")
+    net.write("a", "add", *MARIA, email="old@x.com")
     net.settle()
     net.disconnect("a", "b")
-    net.write("a", "update", "Maria", phone="222-222")
-    net.write("b", "update", "Maria", email="maria@x.com")
+    for node, action, fields in (first, second):
+        net.write(node, action, "Maria", **fields)
+        net.clock.advance(0.001)  # the second edit is stamped later
     net.connect("a", "b")
     net.settle()
-    expected = [Contact("Maria", "222-222", "maria@x.com")]
     assert net.book("a") == net.book("b") == expected
-
-
-def test_concurrent_edits_of_one_field_pick_the_same_winner(net):
-    net.node("a"), net.node("b")
-    net.connect("a", "b")
-    net.write("a", "add", "Maria", "111-111")
-    net.settle()
-    net.disconnect("a", "b")
-    net.write("a", "update", "Maria", phone="222-222")
-    net.clock.advance(0.001)
-    net.write("b", "update", "Maria", phone="333-333")  # later stamp wins
-    net.connect("a", "b")
-    net.settle()
-    assert net.book("a") == net.book("b") == [Contact("Maria", "333-333")]
-
-
-def test_edit_after_concurrent_remove_brings_back_only_the_edit(net):
-    net.node("a"), net.node("b")
-    net.connect("a", "b")
-    net.write("a", "add", "Maria", "111-111", email="old@x.com")
-    net.settle()
-    net.disconnect("a", "b")
-    net.write("a", "remove", "Maria")
-    net.clock.advance(0.001)
-    net.write("b", "update", "Maria", note="call back")
-    net.connect("a", "b")
-    net.settle()
-    assert net.book("a") == net.book("b") == [Contact("Maria", note="call back")]
-
-
-def test_remove_after_concurrent_edit_wins(net):
-    net.node("a"), net.node("b")
-    net.connect("a", "b")
-    net.write("a", "add", "Maria", "111-111")
-    net.settle()
-    net.disconnect("a", "b")
-    net.write("b", "update", "Maria", note="call back")
-    net.clock.advance(0.001)
-    net.write("a", "remove", "Maria")
-    net.connect("a", "b")
-    net.settle()
-    assert net.book("a") == net.book("b") == []
 
 
 def test_twenty_thousand_ops_page_under_the_amp_limit(net):
