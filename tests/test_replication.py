@@ -341,3 +341,13 @@ def test_an_introduced_peer_sending_bad_ops_gets_an_error(net):
     net.settle()
     assert failures and failures[0].check(peerproto.BadPayload)
     assert "b" in net.clusters["a"].sessions, "the session survives"
+
+
+def test_a_person_on_the_sync_port_is_told_where_to_go(net):
+    net.node("a")
+    server = PeerProtocol(net.clusters["a"], dialed=False)
+    transport = StringTransport()
+    server.makeConnection(transport)
+    server.dataReceived(b"LIST\r\n")
+    assert transport.value().startswith(b"ERR bad-request this is an agenda node's")
+    assert transport.disconnecting

@@ -109,6 +109,7 @@ class PeerProtocol(amp.AMP):
         self.stream: OutboundStream | None = None
         self.last_seen: float | None = None
         self._snapshot_records: list[tuple[str, Record]] = []
+        self._greeted_text = False
 
     # -- life cycle ------------------------------------------------------------
 
@@ -175,6 +176,27 @@ class PeerProtocol(amp.AMP):
             self.stream.stop()
         self.hub.forget(self)
         super().connectionLost(reason)
+
+    def dataReceived(self, data: bytes) -> None:
+        if (
+            self.peer_id is None
+            and not self._greeted_text
+            and data[:1]
+            not in (
+                b"\x00",
+                b"",
+            )
+        ):
+            # Every AMP box starts with a zero byte; this is a person (or a
+            # client) who dialed the wrong port: tell them, then hang up.
+            self._greeted_text = True
+            self.transport.write(
+                b"ERR bad-request this is an agenda node's peer (AMP) port; "
+                b"clients use the node's --port\r\n"
+            )
+            self.transport.loseConnection()
+            return
+        super().dataReceived(data)
 
     def ampBoxReceived(self, box) -> None:
         self.last_seen = self.hub.clock.seconds()
