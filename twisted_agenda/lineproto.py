@@ -139,12 +139,13 @@ class AgendaLineProtocol(protocol.Protocol, TimeoutMixin):
         if self._closing:
             return
         self.resetTimeout()
-        self._buffer += data
-        while not self._closing:
-            line, newline, rest = self._buffer.partition(b"\n")
-            if not newline:
-                break
-            self._buffer = rest
+        # Split once per read, not once per line: a 64 KiB read of pipelined
+        # requests would otherwise copy the rest of the buffer per line.
+        *lines, self._buffer = (self._buffer + data).split(b"\n")
+        for line in lines:
+            if self._closing:
+                self._buffer = b""
+                return
             if self._discarding:
                 # The tail of a line that was already answered with too-long.
                 self._discarding = False

@@ -90,12 +90,9 @@ def clean_name(value: str) -> str:
 def clean_phone(value: str) -> str:
     """A phone as typed (spaces tidied); InvalidField if it is no number.
 
-    The rules live in phone.py, with the formatting; imported here late
-    because phone.py builds on this module's limits.
+    The rules live in phone.py, with the formatting.
     """
-    from twisted_agenda.phone import check_phone
-
-    return check_phone(value)
+    return phone_rules.check_phone(value)
 
 
 def clean_email(value: str) -> str:
@@ -142,12 +139,17 @@ def matches(contact: Contact, query: str, region: str | None = None) -> bool:
     A query that is a phone number matches by digits however either was
     typed, so "11 91234-5678" finds "+55 11 91234-5678".
     """
-    from twisted_agenda.phone import phone_matches
-
     needle = fold(query.strip())
     if not needle:
         return True
     haystack = (fold(contact.name), fold(contact.phone), fold(contact.email))
     if any(needle in h for h in haystack):
         return True
-    return bool(contact.phone) and phone_matches(query, contact.phone, region)
+    return bool(contact.phone) and phone_rules.phone_matches(
+        query, contact.phone, region
+    )
+
+
+# phone.py builds on the limits above, so it comes last (a module reference:
+# it works whichever of the two modules is imported first).
+import twisted_agenda.phone as phone_rules  # noqa: E402

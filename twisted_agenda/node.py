@@ -41,7 +41,7 @@ from twisted_agenda.model import (
     matches,
 )
 from twisted_agenda.oplog import OpLog
-from twisted_agenda.phone import normalize_phone
+from twisted_agenda.phone import check_region, format_phone
 
 log = Logger()
 
@@ -71,7 +71,7 @@ class Node:
     ) -> None:
         self.node_id = node_id
         #: Where numbers typed without +country are (phone.py), e.g. "BR".
-        self.default_region = default_region
+        self.default_region = check_region(default_region)
         self.clock = clock or HybridClock()
         self.replica = Replica()
         self.compact_min_ops = compact_min_ops
@@ -155,7 +155,8 @@ class Node:
     def _clean(self, fields: dict[str, str]) -> dict[str, str]:
         fields = clean_fields(fields)
         if "phone" in fields:
-            fields["phone"] = normalize_phone(fields["phone"], self.default_region)
+            # clean_fields checked the text; __init__ checked the region.
+            fields["phone"] = format_phone(fields["phone"], self.default_region)
         return fields
 
     def add(self, name: str, phone: str, **optional: str) -> defer.Deferred:

@@ -91,8 +91,16 @@ def normalize_phone(text: str, region: str | None = None) -> str:
     (e.g. "BR"); with None such numbers are kept as typed. Raises
     InvalidField when the text is not a phone number at all.
     """
-    value = check_phone(text)
-    region = check_region(region)
+    return format_phone(check_phone(text), check_region(region))
+
+
+@functools.lru_cache(maxsize=65_536)
+def format_phone(value: str, region: str | None) -> str:
+    """``normalize_phone`` for text ``check_phone`` already accepted.
+
+    Cached: parsing is the costliest step of a write, and the same numbers
+    come back (updates, re-imports, an office's switchboard).
+    """
     number, extension = _split_extension(value)
     if extension:
         # Extension syntax varies by office and country; keep the person's.

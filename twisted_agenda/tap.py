@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 
 from twisted.application import internet, service
@@ -212,6 +213,10 @@ def makeService(config: Options) -> AgendaService:
         datadir.close()
         raise SystemExit(f"twistd agenda: {e}") from None
     node.clock.max_offset = config["max-clock-offset"]
+    # The book lives as long as the process: keep the collector from
+    # rescanning it (a full collection walks every object) all the time.
+    gc.freeze()
+    gc.set_threshold(50_000, 50, 100)
 
     top = AgendaService(node, datadir, pool)
     cluster = Cluster(
