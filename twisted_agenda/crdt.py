@@ -32,8 +32,11 @@ class BadOp(ValueError):
     """An op or snapshot line that is not shaped like one."""
 
 
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
 def _encode(obj: object) -> bytes:
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
+    return _ENCODER.encode(obj).encode()
 
 
 @frozen
@@ -118,11 +121,18 @@ class Record:
     registers: dict[str, tuple[str, int, str]] = field(factory=dict)
     #: (hlc, origin, seq) of the latest removal, or None.
     tomb: tuple[int, str, int] | None = None
+    # What contact() returns, until the next put or remove; False = unknown.
+    _shown: bool | Contact | None = field(default=False, eq=False, repr=False)
 
     def _tomb_stamp(self) -> Stamp | None:
         return None if self.tomb is None else (self.tomb[0], self.tomb[1])
 
     def contact(self) -> Contact | None:
+        if self._shown is False:
+            self._shown = self._compute_contact()
+        return self._shown  # type: ignore[return-value]
+
+    def _compute_contact(self) -> Contact | None:
         tomb = self._tomb_stamp()
         live = {
             f: value
@@ -145,10 +155,12 @@ class Record:
         current = self.registers.get(f)
         if current is None or (hlc, origin) > (current[1], current[2]):
             self.registers[f] = (value, hlc, origin)
+            self._shown = False
 
     def remove(self, hlc: int, origin: str, seq: int) -> None:
         if self.tomb is None or (hlc, origin) > (self.tomb[0], self.tomb[1]):
             self.tomb = (hlc, origin, seq)
+            self._shown = False
 
     def merge(self, other: Record) -> None:
         for f, (value, hlc, origin) in other.registers.items():
