@@ -153,7 +153,12 @@ class Journal:
         self._reactor = reactor
         self._run_blocking = run_blocking
         self._snapshot = snapshot
+        created = not os.path.exists(datadir.journal)
         self._file = open(datadir.journal, "ab")  # noqa: SIM115 - lives long
+        if created:
+            # A new file's name must be durable too, or the first acknowledged
+            # ops could vanish with it.
+            fsync_dir(datadir.path)
         self._pending: list[bytes] = []
         self._waiters: list[defer.Deferred] = []
         self._compact_next = False
