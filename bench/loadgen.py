@@ -48,8 +48,19 @@ from collections import deque
 # -- request builders --------------------------------------------------------
 
 
+LOCAL_PHONES = False  # --local-phones: "(11) 9xxxx-xxxx", no country code
+
+
 def phone_for(i: int) -> str:
+    """A distinct phone for each i < 10**8 (7919 is coprime with 10**8).
+
+    Callers pass a number unique per contact (a run-wide counter plus a
+    random per-run offset), so no two contacts of a run share a phone: a
+    server-side cache of phone formatting gets no unrealistic hits.
+    """
     n = (i * 7919) % 100_000_000
+    if LOCAL_PHONES:
+        return f"(11) 9{n // 10000:04d}-{n % 10000:04d}"
     return f"+55 11 9{n // 10000:04d}-{n % 10000:04d}"
 
 
@@ -328,6 +339,8 @@ class Run:
         self.counters: dict[int, int] = {}
         self.load_next = 0
         self.rng = random.Random(1)
+        #: Phones: one run-wide counter from a random start (see phone_for).
+        self.phone_next = random.randrange(100_000_000)
         host = f"{args.host}:{args.port}"
         if args.proto == "agenda":
             self.parse = parse_agenda
@@ -355,10 +368,14 @@ class Run:
             self.load_next += 1
             if self.load_next >= self.args.count:
                 self.sending = False
-            return self.w(f"Contact load n{k}", phone_for(k))
+            return self.w(f"Contact load n{k}", self._phone())
         i = self.counters.get(conn, 0)
         self.counters[conn] = i + 1
-        return self.w(f"Contact {self.tag} c{conn} n{i}", phone_for(i))
+        return self.w(f"Contact {self.tag} c{conn} n{i}", self._phone())
+
+    def _phone(self) -> str:
+        self.phone_next += 1
+        return phone_for(self.phone_next)
 
 
 def proc_cpu(pid: int | None) -> float:
@@ -532,6 +549,7 @@ async def main_grpc(args) -> dict:
     state = {"sending": True, "load_next": 0}
     tag = args.tag or f"r{os.getpid() % 100000}x{random.randrange(10**6)}"
     rng = random.Random(1)
+    phones = iter(range(random.randrange(100_000_000), 1 << 62))
 
     async def worker(conn: int, slot: int) -> None:
         put, rng_call = puts[conn], ranges[conn]
@@ -545,10 +563,11 @@ async def main_grpc(args) -> dict:
                 if k >= args.count:
                     return
                 state["load_next"] = k + 1
-                call, req = put, grpc_put(f"Contact load n{k}", phone_for(k))
+                call, req = put, grpc_put(f"Contact load n{k}", phone_for(next(phones)))
             else:
                 call = put
-                req = grpc_put(f"Contact {tag} c{conn} s{slot} n{i}", phone_for(i))
+                req = grpc_put(f"Contact {tag} c{conn} s{slot} n{i}",
+                               phone_for(next(phones)))
                 i += 1
             t0 = time.perf_counter()
             try:
@@ -639,7 +658,11 @@ def main(argv=None) -> int:
     p.add_argument("--server-pid", type=int, default=0,
                    help="report this process's CPU use (cores) over the window")
     p.add_argument("--tag", default="", help="write: name prefix (unique per run)")
+    p.add_argument("--local-phones", action="store_true",
+                   help="phones without +country (the node then skips phonenumbers)")
     args = p.parse_args(argv)
+    global LOCAL_PHONES
+    LOCAL_PHONES = args.local_phones
     runner = main_grpc if args.proto == "etcd-grpc" else main_async
     result = asyncio.run(runner(args))
     json.dump(result, sys.stdout)

@@ -371,6 +371,44 @@ def classify(frames: list[str]) -> str | None:
     return None
 
 
+#: (component, frame-name patterns) -- each busy sample goes to the first
+#: component matching a frame, walking from the leaf towards the root.
+COMPONENTS = [
+    ("cyclic GC (gc_collect_main)", (r"^gc_collect_main ",)),
+    ("phone check + normalize (phone.py, phonenumbers)",
+     (r"\(twisted_agenda/phone\.py\)", r"phonenumbers/", r"^clean_phone ")),
+    ("field validation (model.clean_fields: name/email/note)",
+     (r"^clean_(fields|name|email|note)", r"^_has_control", r"^contact_key ")),
+    ("op JSON encode/decode (crdt.Op.make/_encode/decode)",
+     (r"^Op\.(make|decode) ", r"^_encode \(twisted_agenda/crdt")),
+    ("CRDT apply + Record.contact rebuilds (crdt.py)",
+     (r"^Replica\.", r"^Record\.", r"crdt\.Op>\)$", r"model\.Contact>\)$")),
+    ("reply formatting/queueing (lineproto _reply/_fill/_send, quote)",
+     (r"^AgendaLineProtocol\._(reply|fill|send) ", r"^contact_line ",
+      r"^quote ", r"^quote\.")),
+    ("request parsing (quoting.split, parse_fields)",
+     (r"^split \(twisted_agenda/quoting", r"^parse_fields ", r"^shlex\.")),
+    ("replication (peerproto, antientropy, cluster, AMP)",
+     (r"twisted_agenda/(peerproto|antientropy|cluster)\.py", r"protocols/amp\.py")),
+    ("journal + Deferred plumbing (journal.py, node._journal, defer.py)",
+     (r"twisted_agenda/journal\.py", r"^Node\._(journal|announce|fanout) ",
+      r"internet/defer\.py")),
+    ("line protocol framing/dispatch (lineproto dataReceived/_line/_dispatch/do_*)",
+     (r"twisted_agenda/lineproto\.py",)),
+    ("node logic (node.py add/_write/get)", (r"twisted_agenda/node\.py",)),
+    ("socket I/O + reactor (tcp, epoll, send/recv)",
+     (r"internet/(tcp|abstract|epollreactor|posixbase|base)\.py", r"^(send|recv) ")),
+]
+
+
+def component_of(frames: list[str]) -> str:
+    for frame in reversed(frames):
+        for name, patterns in COMPONENTS:
+            if any(re.search(p, frame) for p in patterns):
+                return name
+    return "other"
+
+
 def parse_raw_profile(path: Path) -> dict:
     """py-spy --native --format raw (collapsed stacks) -> self/total per function.
 
@@ -379,9 +417,17 @@ def parse_raw_profile(path: Path) -> dict:
     cyclic garbage collector shows as its own C frame (gc_collect_main)
     instead of being charged to whatever Python line allocated.
     """
+    roots = {str(BENCH.parent) + "/", str(procs.CODE_ROOT) + "/"}
+
+    def short(f: str) -> str:
+        for root in roots:
+            f = f.replace(root, "")
+        return re.sub(r"\(/[^)]*/(site-packages|lib/python3\.\d+)/", "(", f)
+
     self_t: collections.Counter = collections.Counter()
     total_t: collections.Counter = collections.Counter()
     waits: collections.Counter = collections.Counter()
+    parts: collections.Counter = collections.Counter()
     samples = busy = 0
     for line in path.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
@@ -398,6 +444,7 @@ def parse_raw_profile(path: Path) -> dict:
             waits[why] += n
             continue
         busy += n
+        parts[component_of([short(f) for f in frames])] += n
         leaf = frames[-1]
         if re.match(r"0x[0-9a-f]+ ", leaf):  # unsymbolised libc: name the caller
             caller = next((f for f in reversed(frames) if not _is_native(f)), "?")
@@ -405,17 +452,11 @@ def parse_raw_profile(path: Path) -> dict:
         self_t[leaf] += n
         for f in set(frames):
             total_t[f] += n
-    roots = {str(BENCH.parent) + "/", str(procs.CODE_ROOT) + "/"}
-
-    def short(f: str) -> str:
-        for root in roots:
-            f = f.replace(root, "")
-        return re.sub(r"\(/[^)]*/(site-packages|lib/python3\.\d+)/", "(", f)
-
     busy = busy or 1
     return {
         "samples": samples, "busy_samples": busy,
         "waits": {k: round(100 * v / samples, 1) for k, v in waits.items()},
+        "components": [(k, round(100 * v / busy, 1)) for k, v in parts.most_common()],
         "self": [(short(f), n, round(100 * n / busy, 1)) for f, n in
                  self_t.most_common(30)],
         "total": [(short(f), n, round(100 * n / busy, 1)) for f, n in
@@ -475,6 +516,8 @@ def profile(tmp: str) -> dict:
 
 ABLATIONS = {
     "baseline": ("", []),
+    "phones sent as '(11) 9xxxx-xxxx' (load change: phonenumbers.parse skipped)": (
+        "", [], ["--local-phones"]),
     "gc disabled (upper bound of GC cost)": ("import gc; gc.disable(); ", []),
     "gc.set_threshold(50_000, 20, 100)": (
         "import gc; gc.set_threshold(50_000, 20, 100); ", []),
@@ -484,7 +527,8 @@ ABLATIONS = {
 
 def ablation(tmp: str) -> dict:
     out = {}
-    for name, (prelude, extra) in ABLATIONS.items():
+    for name, (prelude, extra, *lg_args) in ABLATIONS.items():
+        lg_extra = lg_args[0] if lg_args else []
         run_dir = Path(tempfile.mkdtemp(prefix="ablation-", dir=tmp))
         node = AgendaNode(run_dir, "n1", prelude=prelude, extra=extra)
         try:
@@ -493,7 +537,7 @@ def ablation(tmp: str) -> dict:
                     "-c", "16", "-w", "32")
             r = loadgen("agenda", node.port, "--op", "write", "-c", "64", "-w", "32",
                         "-d", str(DURATION * 1.5), "--warmup", str(WARMUP),
-                        server_pid=node.pid)
+                        *lg_extra, server_pid=node.pid)
             out[name] = r
             log(f"ablation {name}: {r['ops_per_s']:.0f} ops/s, "
                 f"{per_core(r)} ops per node CPU-second")
@@ -679,6 +723,12 @@ def tables(res: dict) -> str:
         for i, (fn, _, pc) in enumerate(p["self"][:15], 1):
             out.append(f"| {i} | {pc} | `{fn}` |")
         out.append("")
+        if p.get("components"):
+            out.append("| component (each busy sample counted once) | % |")
+            out.append("|---|---|")
+            for name, pc in p["components"]:
+                out.append(f"| {name} | {pc} |")
+            out.append("")
         out.append("inclusive (Python frames, % of busy samples): " + "; ".join(
             f"`{fn}` {pc}" for fn, _, pc in p["total"]
             if "twisted_agenda" in fn or "shlex" in fn or "json" in fn)[:3000])
@@ -717,13 +767,38 @@ def prepare_code(tmp: str) -> dict:
     return info
 
 
+def tables_path(out: str) -> Path:
+    """bench/tables.md for the default results file, else <out>.md beside it."""
+    if Path(out).resolve() == (BENCH / "results.json").resolve():
+        return BENCH / "tables.md"
+    return Path(out).with_suffix(".md")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--only", action="append", default=[],
                     help="agenda redis etcd etcd-grpc redis-benchmark replication "
                          "profile ablation fsync")
     ap.add_argument("--out", default=str(BENCH / "results.json"))
+    ap.add_argument("--render", action="store_true",
+                    help="only rebuild bench/tables.md from --out and the "
+                         "profile-*.collapsed.txt.gz files")
     args = ap.parse_args()
+    if args.render:
+        res = json.loads(Path(args.out).read_text())
+        for op, holder in (("write", res.get("profile")), ("read", res.get("profile")),
+                           ("leader", res.get("replication"))):
+            key = "leader_profile" if op == "leader" else op
+            gz = BENCH / f"profile-{op}.collapsed.txt.gz"
+            if holder and holder.get(key) and gz.exists():
+                tmp_raw = Path(tempfile.mkdtemp()) / "raw.txt"
+                tmp_raw.write_bytes(gzip.open(gz).read())
+                holder[key].update(parse_raw_profile(tmp_raw))
+        Path(args.out).write_text(json.dumps(res, indent=1))
+        text = tables(res)
+        tables_path(args.out).write_text(text + "\n")
+        print(text)
+        return 0
     want = set(args.only) or {"fsync", "agenda", "redis", "etcd", "etcd-grpc",
                               "redis-benchmark", "replication", "profile",
                               "ablation"}
@@ -760,7 +835,7 @@ def main() -> int:
         shutil.rmtree(tmp, ignore_errors=True)
         Path(args.out).write_text(json.dumps(res, indent=1))
         text = tables(res)
-        (BENCH / "tables.md").write_text(text + "\n")
+        tables_path(args.out).write_text(text + "\n")
         print(text)
         log(f"done in {res['elapsed_s']} s; raw numbers in {args.out}")
     return 0
