@@ -253,3 +253,44 @@ def pytest_runtest_makereport(item, call):
         for node in item.stash.get(_NODES, []):
             report.sections.append((f"agenda node {node.name}", node.diagnostics()))
     return report
+
+
+# -- errors nobody expected ---------------------------------------------------
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers",
+        "logs_errors: the test provokes errors the node logs (a failed disk...)",
+    )
+
+
+@pytest.fixture(autouse=True)
+def fail_on_logged_errors(request):
+    """Fail a test whose code logged a traceback it did not ask for.
+
+    A bug the node survives (an exception in a callback, an unhandled error
+    in a Deferred) only shows as a logged failure; without this the test
+    would pass anyway.
+    """
+    from twisted.logger import globalLogPublisher
+
+    failures: list[dict] = []
+
+    def observe(event: dict) -> None:
+        if "log_failure" in event:
+            failures.append(event)
+
+    globalLogPublisher.addObserver(observe)
+    yield
+    globalLogPublisher.removeObserver(observe)
+    import gc
+
+    gc.collect()  # unhandled errors in Deferreds are logged when collected
+    if failures and request.node.get_closest_marker("logs_errors") is None:
+        from twisted.logger import formatEvent
+
+        shown = "\n".join(
+            f"{formatEvent(e)}\n{e['log_failure'].getTraceback()}" for e in failures
+        )
+        pytest.fail(f"errors were logged:\n{shown}", pytrace=False)

@@ -129,6 +129,7 @@ def test_node_writes_in_one_turn_share_one_fsync(agenda):
     assert len(recover(agenda.datadir).ops) == 200
 
 
+@pytest.mark.logs_errors
 def test_a_failed_write_fails_its_waiters_and_every_later_append(datadir):
     clock = task.Clock()
 

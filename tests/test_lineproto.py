@@ -724,6 +724,7 @@ DISK_FULL = OSError(28, "No space left on device")
 UNAVAILABLE = "ERR unavailable journal write failed: [Errno 28] No space left on device"
 
 
+@pytest.mark.logs_errors
 def test_writes_are_refused_once_the_journal_failed(agenda, book):
     agenda.runner.failing = DISK_FULL
     assert book.request("ADD Bia 123") == [UNAVAILABLE]
@@ -739,12 +740,14 @@ def test_writes_are_refused_once_the_journal_failed(agenda, book):
     assert book.request('GET "Maria da Silva"') == [MARIA_LINE, "OK 1"]
 
 
+@pytest.mark.logs_errors
 def test_every_write_waiting_on_a_failed_flush_is_refused(agenda, conn):
     agenda.runner.failing = DISK_FULL
     conn.send(MARIA + "\n" + JOAO + "\nHELP\n")
     assert conn.lines()[:2] == [UNAVAILABLE, UNAVAILABLE]
 
 
+@pytest.mark.logs_errors
 def test_a_refused_write_leaves_no_trace(agenda, book):
     agenda.runner.failing = DISK_FULL
     assert book.request("ADD Bia 123") == [UNAVAILABLE]

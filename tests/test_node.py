@@ -157,6 +157,7 @@ def test_watchers_hear_each_change_once_it_is_durable(agenda):
     assert heard[2].after is None
 
 
+@pytest.mark.logs_errors
 def test_a_failing_watcher_does_not_stop_the_others(agenda):
     heard = []
 
@@ -179,6 +180,7 @@ def test_durable_listeners_run_once_per_turn(agenda):
     assert calls == [{"a1": 10}]
 
 
+@pytest.mark.logs_errors
 def test_no_write_is_accepted_once_the_journal_failed(agenda):
     agenda.runner.failing = OSError(28, "No space left on device")
     d = agenda.node.add("Maria", "123")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 
 def test_a_read_waits_for_the_fsync_of_what_it_shows(agenda):
     writer, reader = agenda.connect(), agenda.connect()
@@ -16,6 +18,7 @@ def test_a_read_waits_for_the_fsync_of_what_it_shows(agenda):
     assert lines[-1] == "OK help"
 
 
+@pytest.mark.logs_errors
 def test_a_write_lost_to_a_failed_disk_was_never_shown(agenda):
     writer, reader = agenda.connect(), agenda.connect()
     agenda.runner.holding = True
