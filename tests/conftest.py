@@ -244,6 +244,10 @@ def spawn_node(request, tmp_path) -> Iterator[Callable[..., NodeProcess]]:
     yield spawn
     for node in nodes:
         node.stop()
+    if request.node.get_closest_marker("logs_errors") is None:
+        broken = [n.name for n in nodes if "Traceback (most recent" in n.log(True)]
+        if broken:
+            pytest.fail(f"node(s) {broken} logged a traceback", pytrace=False)
 
 
 @pytest.hookimpl(wrapper=True)
