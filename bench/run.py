@@ -3,7 +3,7 @@
 Writes bench/results.json (every raw number) and bench/tables.md (the tables),
 and prints the tables. Every server it starts is stopped by its own pid.
 
-  python3 bench/run.py                 # everything (about 8-10 minutes)
+  python3 bench/run.py                 # everything (about 7 minutes)
   python3 bench/run.py --only agenda   # one part (repeatable): agenda redis etcd
                                        #   etcd-grpc redis-benchmark replication
                                        #   profile ablation fsync

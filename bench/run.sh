@@ -5,7 +5,7 @@
 # own pid. Prints the tables; raw numbers go to bench/results.json, tables to
 # bench/tables.md, profiles to bench/profile-*.{svg,collapsed.txt}.
 #
-#   bench/run.sh                       # everything, about 8-9 minutes
+#   bench/run.sh                       # everything, about 7 minutes
 #   bench/run.sh --only agenda --only redis
 #   BENCH_DURATION=8 bench/run.sh      # longer measurements (seconds, default 4)
 #   BENCH_CODE=worktree bench/run.sh   # bench the working tree, not HEAD
