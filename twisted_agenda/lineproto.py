@@ -175,7 +175,8 @@ class AgendaLineProtocol(protocol.Protocol, TimeoutMixin):
     def _reply(self, result: list[str] | defer.Deferred) -> None:
         slot = _Slot()
         self._replies.append(slot)
-        if isinstance(result, defer.Deferred):
+        # (type() first: isinstance on Deferred takes a slow path)
+        if type(result) is not list and isinstance(result, defer.Deferred):
             result.addErrback(self._error_lines).addCallback(self._fill, slot)
         else:
             self._fill(result, slot)
@@ -215,11 +216,7 @@ class AgendaLineProtocol(protocol.Protocol, TimeoutMixin):
             result = handler(args)
         except Exception:
             result = self._error_lines(Failure())
-        if (
-            verb in SHOWS_STATE
-            and not isinstance(result, defer.Deferred)
-            and not self.node.journal.idle
-        ):
+        if verb in SHOWS_STATE and type(result) is list and not self.node.journal.idle:
             # Changes applied in memory are not on disk yet: hold this reply
             # until they are, so no reply ever shows a change that a crash
             # could still take back (the rule a write's own OK follows).

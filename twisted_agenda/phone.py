@@ -32,6 +32,10 @@ _EXTENSION = re.compile(
 )
 
 
+# Only digits and separators: no room for an extension marker.
+_PLAIN_NUMBER = re.compile(r"[0-9+()\-. ]*")
+
+
 def check_region(region: str | None) -> str | None:
     """A two-letter region ("BR"), upper-cased; None or "" means no default.
 
@@ -49,6 +53,8 @@ def check_region(region: str | None) -> str | None:
 
 
 def _split_extension(text: str) -> tuple[str, str]:
+    if _PLAIN_NUMBER.fullmatch(text):
+        return text, ""  # the common case, without the costly search
     match = _EXTENSION.search(text)
     if match is None or match.start() == 0:
         return text, ""

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import re
 
-_SPECIAL = frozenset("\"'\\")
+# Anything str.isspace() calls a space, quotes and backslashes.
+_NEEDS_QUOTES = re.compile(r"[\s\x1c-\x1f\x85\"'\\]")
 # The shell's (and shlex's) word separators; other Unicode spaces are text.
 _BLANKS = re.compile(r"[ \t\r\n]+")
 _NEEDS_PARSING = re.compile(r"[\"'\\]")
@@ -26,7 +27,7 @@ _ESCAPE_IN_DOUBLE = re.compile(r"\\(.)", re.S)
 
 
 def quote(value: str) -> str:
-    if value and not any(c.isspace() or c in _SPECIAL for c in value):
+    if value and not _NEEDS_QUOTES.search(value):
         return value
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
