@@ -351,3 +351,17 @@ def test_a_person_on_the_sync_port_is_told_where_to_go(net):
     server.dataReceived(b"LIST\r\n")
     assert transport.value().startswith(b"ERR bad-request this is an agenda node's")
     assert transport.disconnecting
+
+
+def test_a_node_that_joined_by_snapshot_stamps_its_writes_after_it(net):
+    a = net.node("a")
+    net.write("a", "add", "Maria", "111-111")
+    a.journal.compact()
+    net.clock.advance(0)
+    assert a.oplog.base == {"a": 1}, "b will need the snapshot"
+    net.node("b", skew=-30.0)  # b's wall clock is half a minute slow
+    net.connect("b", "a")
+    net.settle()
+    net.write("b", "update", "Maria", phone="222-222")
+    net.settle()
+    assert net.book("a") == net.book("b") == [Contact("Maria", "222-222")]

@@ -231,11 +231,12 @@ class Node:
         self, vv: VersionVector, records: Iterable[tuple[str, Record]]
     ) -> defer.Deferred:
         """Join a peer's whole book; fires once our own snapshot holds it."""
-        changes = [
-            change
-            for key, record in records
-            if (change := self.replica.merge_record(key, record)) is not None
-        ]
+        changes = []
+        for key, record in records:
+            self._observe_record(record)
+            change = self.replica.merge_record(key, record)
+            if change is not None:
+                changes.append(change)
         self.replica.vv = merged(self.replica.vv, vv)
         # Ops the snapshot covers are no longer replayable from our log.
         self.oplog.trim(self.replica.vv)
@@ -255,6 +256,18 @@ class Node:
         return d.addCallback(durable)
 
     # -- internals -----------------------------------------------------------
+
+    def _observe_record(self, record: Record) -> None:
+        """Our next writes must be stamped after what the record holds."""
+        stamps = [hlc for _, hlc, _ in record.registers.values()]
+        if record.tomb is not None:
+            stamps.append(record.tomb[0])
+        newest = max(stamps, default=0)
+        try:
+            self.clock.check(newest)
+        except ClockSkew:
+            return  # a wrong clock's stamp must not drag ours along
+        self.clock.observe(newest)
 
     def _apply(self, op: Op) -> Change | None:
         status, change = self.replica.apply(op)
