@@ -13,7 +13,7 @@ from collections import deque
 from collections.abc import Callable
 
 from twisted.internet import defer, protocol
-from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
@@ -31,6 +31,9 @@ MAX_LINE = 16 * 1024
 DEFAULT_IDLE_TIMEOUT = 300.0
 #: Stop reading from a client with this many replies still waiting.
 MAX_PENDING_REPLIES = 2000
+#: Changes a watcher may leave unread (while its socket is full) before its
+#: WATCH is stopped.
+MAX_UNREAD_EVENTS = 10_000
 
 HELP = """\
 ADD <name> <phone> [email=<e>] [note=<n>]   add a contact
@@ -94,13 +97,15 @@ def parse_fields(args: list[str], positional: tuple[str, ...]) -> dict[str, str]
     return fields
 
 
-@implementer(IHalfCloseableProtocol)
+@implementer(IHalfCloseableProtocol, IPushProducer)
 class AgendaLineProtocol(protocol.Protocol, TimeoutMixin):
     def __init__(self) -> None:
         self._buffer = b""
         self._discarding = False
         self._replies: deque[_Slot] = deque()
-        self._paused = False
+        self._paused = False  # too many replies waiting for the disk
+        self._blocked = False  # the client does not read what we write
+        self._unread_events = 0
         self._closing = False
         self._watching = False
 
@@ -111,6 +116,9 @@ class AgendaLineProtocol(protocol.Protocol, TimeoutMixin):
     # -- connection ----------------------------------------------------------
 
     def connectionMade(self) -> None:
+        # The transport tells us (pauseProducing) when the client stops
+        # reading: we stop reading its requests, and cap what WATCH queues.
+        self.transport.registerProducer(self, True)
         self.setTimeout(self.factory.idle_timeout)
         self._send([f"OK agenda {__version__} node={quoting.quote(self.node.node_id)}"])
 
@@ -182,7 +190,7 @@ class AgendaLineProtocol(protocol.Protocol, TimeoutMixin):
             self._fill(result, slot)
         if len(self._replies) > MAX_PENDING_REPLIES and not self._paused:
             self._paused = True
-            self.transport.pauseProducing()
+            self._update_reading()
 
     def _fill(self, lines: list[str], slot: _Slot) -> None:
         slot.lines = lines
@@ -190,7 +198,7 @@ class AgendaLineProtocol(protocol.Protocol, TimeoutMixin):
             self._send(self._replies.popleft().lines)
         if self._paused and len(self._replies) < MAX_PENDING_REPLIES // 2:
             self._paused = False
-            self.transport.resumeProducing()
+            self._update_reading()
         if self._closing and not self._replies and self.connected:
             self.transport.loseConnection()
 
@@ -311,7 +319,41 @@ class AgendaLineProtocol(protocol.Protocol, TimeoutMixin):
         return [*(contact_line(c) for c in contacts), f"OK {len(contacts)}"]
 
     def _event(self, change: Change) -> None:
+        if self._blocked:
+            self._unread_events += 1
+            if self._unread_events > MAX_UNREAD_EVENTS:
+                # A watcher that never reads would hold the node's memory.
+                self._unwatch()
+                self._send(
+                    [
+                        f"ERR unavailable {MAX_UNREAD_EVENTS} changes unread; "
+                        "WATCH stopped (send WATCH again to resume)"
+                    ]
+                )
+                return
         self._send([event_line(change)])
+
+    # -- flow control (IPushProducer, driven by the transport) -----------------
+
+    def pauseProducing(self) -> None:
+        self._blocked = True
+        self._update_reading()
+
+    def resumeProducing(self) -> None:
+        self._blocked = False
+        self._unread_events = 0
+        self._update_reading()
+
+    def stopProducing(self) -> None:
+        self._unwatch()
+
+    def _update_reading(self) -> None:
+        if self.transport is None or not self.connected:
+            return
+        if self._paused or self._blocked:
+            self.transport.pauseProducing()
+        else:
+            self.transport.resumeProducing()
 
     def _unwatch(self) -> None:
         if self._watching:
