@@ -13,7 +13,8 @@ Protocols and operations (same logical record everywhere: a name and a phone):
 - agenda  write: ``ADD "<name>" "+55 11 9xxxx-xxxx"``      read: ``GET "<name>"``
 - resp    write: ``HSET contact:<name> name <name> phone <phone>``
           read:  ``HGETALL contact:<name>``
-- etcd    write: ``POST /v3/kv/put``  {key: contact/<name>, value: {"name","phone"} JSON}
+- etcd    write: ``POST /v3/kv/put``
+          {key: contact/<name>, value: {"name","phone"} JSON}
           read:  ``POST /v3/kv/range`` {key, serializable: true}
           HTTP/1.1 over etcd's grpc-gateway. Go's HTTP/1.1 server answers the
           requests of one connection strictly one after the other, so a
@@ -38,6 +39,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import random
@@ -183,7 +185,9 @@ def parse_resp(buf: bytes) -> tuple[int, int, int, bytes | None]:
     return done, pos, errors, first
 
 
-def parse_http(buf: bytes, require_kvs: bool = False) -> tuple[int, int, int, bytes | None]:
+def parse_http(
+    buf: bytes, require_kvs: bool = False
+) -> tuple[int, int, int, bytes | None]:
     pos = done = errors = 0
     first = None
     while True:
@@ -404,7 +408,7 @@ def machine_busy() -> float:
 def pct(sorted_values: list[float], p: float) -> float:
     if not sorted_values:
         return float("nan")
-    k = min(len(sorted_values) - 1, max(0, int(round(p / 100 * len(sorted_values))) - 1))
+    k = min(len(sorted_values) - 1, max(0, round(p / 100 * len(sorted_values)) - 1))
     return sorted_values[k]
 
 
@@ -439,11 +443,16 @@ async def main_async(args) -> dict:
         for c in conns:
             c.transport.close()
         return {
-            "proto": args.proto, "op": "load", "count": args.count,
-            "acked": stats.done, "errors": stats.errors, "seconds": elapsed,
+            "proto": args.proto,
+            "op": "load",
+            "count": args.count,
+            "acked": stats.done,
+            "errors": stats.errors,
+            "seconds": elapsed,
             "ops_per_s": stats.done / elapsed if elapsed else 0.0,
             "first_error": stats.first_error.decode("utf-8", "replace")
-            if stats.first_error else None,
+            if stats.first_error
+            else None,
         }
 
     for c in conns:
@@ -464,10 +473,8 @@ async def main_async(args) -> dict:
         c.drained = loop.create_future()
         if not c.inflight:
             c.drained.set_result(None)
-    try:
+    with contextlib.suppress(asyncio.TimeoutError):
         await asyncio.wait_for(asyncio.gather(*(c.drained for c in conns)), 30)
-    except asyncio.TimeoutError:
-        pass
     for c in conns:
         c.transport.close()
     return summary(args, stats, elapsed, cpu, conns_n, run.tag)
@@ -495,7 +502,9 @@ def _pb_bytes(field_no: int, value: bytes) -> bytes:
 def grpc_put(name: str, phone: str) -> bytes:
     # etcdserverpb.PutRequest: key = 1, value = 2
     value = json.dumps({"name": name, "phone": phone}, separators=(",", ":"))
-    return _pb_bytes(1, f"contact/{name.casefold()}".encode()) + _pb_bytes(2, value.encode())
+    return _pb_bytes(1, f"contact/{name.casefold()}".encode()) + _pb_bytes(
+        2, value.encode()
+    )
 
 
 def grpc_range(name: str) -> bytes:
@@ -566,8 +575,9 @@ async def main_grpc(args) -> dict:
                 call, req = put, grpc_put(f"Contact load n{k}", phone_for(next(phones)))
             else:
                 call = put
-                req = grpc_put(f"Contact {tag} c{conn} s{slot} n{i}",
-                               phone_for(next(phones)))
+                req = grpc_put(
+                    f"Contact {tag} c{conn} s{slot} n{i}", phone_for(next(phones))
+                )
                 i += 1
             t0 = time.perf_counter()
             try:
@@ -588,8 +598,11 @@ async def main_grpc(args) -> dict:
                 stats.first_error = err
 
     window = args.window
-    tasks = [asyncio.ensure_future(worker(c, s)) for c in range(args.conns)
-             for s in range(window)]
+    tasks = [
+        asyncio.ensure_future(worker(c, s))
+        for c in range(args.conns)
+        for s in range(window)
+    ]
     if args.op == "load":
         stats.measuring = True
         t0 = time.perf_counter()
@@ -597,11 +610,18 @@ async def main_grpc(args) -> dict:
         elapsed = time.perf_counter() - t0
         for ch in channels:
             await ch.close()
-        return {"proto": args.proto, "op": "load", "count": args.count,
-                "acked": stats.done, "errors": stats.errors, "seconds": elapsed,
-                "ops_per_s": stats.done / elapsed,
-                "first_error": stats.first_error.decode("utf-8", "replace")
-                if stats.first_error else None}
+        return {
+            "proto": args.proto,
+            "op": "load",
+            "count": args.count,
+            "acked": stats.done,
+            "errors": stats.errors,
+            "seconds": elapsed,
+            "ops_per_s": stats.done / elapsed,
+            "first_error": stats.first_error.decode("utf-8", "replace")
+            if stats.first_error
+            else None,
+        }
     await asyncio.sleep(args.warmup)
     stats.measuring = True
     cpu0, scpu0 = time.process_time(), proc_cpu(args.server_pid)
@@ -624,28 +644,39 @@ def summary(args, stats: Stats, elapsed: float, cpu: float, tcp: int, tag: str) 
     lat = sorted(stats.latencies)
     ms = 1000.0
     return {
-        "proto": args.proto, "op": args.op, "conns": args.conns, "window": args.window,
-        "tcp_connections": tcp, "seconds": round(elapsed, 3),
-        "ops": stats.done, "ops_per_s": round(stats.done / elapsed, 1),
+        "proto": args.proto,
+        "op": args.op,
+        "conns": args.conns,
+        "window": args.window,
+        "tcp_connections": tcp,
+        "seconds": round(elapsed, 3),
+        "ops": stats.done,
+        "ops_per_s": round(stats.done / elapsed, 1),
         "errors": stats.errors,
         "first_error": stats.first_error.decode("utf-8", "replace")
-        if stats.first_error else None,
-        "p50_ms": round(pct(lat, 50) * ms, 3), "p99_ms": round(pct(lat, 99) * ms, 3),
+        if stats.first_error
+        else None,
+        "p50_ms": round(pct(lat, 50) * ms, 3),
+        "p99_ms": round(pct(lat, 99) * ms, 3),
         "p999_ms": round(pct(lat, 99.9) * ms, 3),
         "max_ms": round(lat[-1] * ms, 3) if lat else None,
         "max_gap_ms": round(stats.max_gap * ms, 1),
         "client_cpu": round(cpu / elapsed, 2),
         "server_cpu": round(stats.server_cpu, 2),
         # Busy CPU of the whole machine minus ours: other load (noise).
-        "other_cpu": round(max(0.0, stats.machine_cpu - stats.server_cpu
-                               - cpu / elapsed), 2),
-        "loadavg": os.getloadavg()[0], "tag": tag,
+        "other_cpu": round(
+            max(0.0, stats.machine_cpu - stats.server_cpu - cpu / elapsed), 2
+        ),
+        "loadavg": os.getloadavg()[0],
+        "tag": tag,
     }
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--proto", choices=("agenda", "resp", "etcd", "etcd-grpc"), default="agenda")
+    p.add_argument(
+        "--proto", choices=("agenda", "resp", "etcd", "etcd-grpc"), default="agenda"
+    )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--op", choices=("write", "read", "load"), default="write")
@@ -655,11 +686,18 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=float, default=1.0)
     p.add_argument("--keys", type=int, default=10_000, help="read: preloaded names")
     p.add_argument("--count", type=int, default=10_000, help="load: names to write")
-    p.add_argument("--server-pid", type=int, default=0,
-                   help="report this process's CPU use (cores) over the window")
+    p.add_argument(
+        "--server-pid",
+        type=int,
+        default=0,
+        help="report this process's CPU use (cores) over the window",
+    )
     p.add_argument("--tag", default="", help="write: name prefix (unique per run)")
-    p.add_argument("--local-phones", action="store_true",
-                   help="phones without +country (the node then skips phonenumbers)")
+    p.add_argument(
+        "--local-phones",
+        action="store_true",
+        help="phones without +country (the node then skips phonenumbers)",
+    )
     args = p.parse_args(argv)
     global LOCAL_PHONES
     LOCAL_PHONES = args.local_phones

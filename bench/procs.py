@@ -100,7 +100,9 @@ class Server:
             if not self.running:
                 raise RuntimeError(
                     f"{self.name} exited with {self.process.returncode}:\n"
-                    + (self.run_dir / f"{self.name}.out").read_text(errors="replace")[-3000:]
+                    + (self.run_dir / f"{self.name}.out").read_text(errors="replace")[
+                        -3000:
+                    ]
                 )
             return self.ready()
 
@@ -130,8 +132,14 @@ def _connects(port: int) -> bool:
 
 
 class AgendaNode(Server):
-    def __init__(self, run_dir: Path, name: str, peers: list[str] | None = None,
-                 extra: list[str] | None = None, prelude: str = "") -> None:
+    def __init__(
+        self,
+        run_dir: Path,
+        name: str,
+        peers: list[str] | None = None,
+        extra: list[str] | None = None,
+        prelude: str = "",
+    ) -> None:
         super().__init__(run_dir)
         self.name = name
         self.port = free_port()
@@ -157,12 +165,25 @@ class AgendaNode(Server):
         pidfile = self.run_dir / f"{self.name}.pid"
         pidfile.unlink(missing_ok=True)
         cmd = [
-            sys.executable, "-c", self.prelude + TWISTD, "-n",
-            "--pidfile", str(pidfile),
-            "--logfile", str(self.run_dir / f"{self.name}.log"),
-            "agenda", "--host", HOST,
-            "--port", str(self.port), "--sync-port", str(self.sync_port),
-            "--data-dir", str(self.data_dir), "--node-id", self.name,
+            sys.executable,
+            "-c",
+            self.prelude + TWISTD,
+            "-n",
+            "--pidfile",
+            str(pidfile),
+            "--logfile",
+            str(self.run_dir / f"{self.name}.log"),
+            "agenda",
+            "--host",
+            HOST,
+            "--port",
+            str(self.port),
+            "--sync-port",
+            str(self.sync_port),
+            "--data-dir",
+            str(self.data_dir),
+            "--node-id",
+            self.name,
         ]
         if self.peers:
             cmd += ["--peers", ",".join(self.peers)]
@@ -195,12 +216,24 @@ class Redis(Server):
     def command(self) -> list[str]:
         return [
             shutil.which("redis-server") or "redis-server",
-            "--port", str(self.port), "--bind", HOST,
-            "--dir", str(self.data_dir),
-            "--appendonly", "yes", "--appendfsync", "always",
-            "--save", "",
-            "--daemonize", "no", "--protected-mode", "yes",
-            "--logfile", "",
+            "--port",
+            str(self.port),
+            "--bind",
+            HOST,
+            "--dir",
+            str(self.data_dir),
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+            "--save",
+            "",
+            "--daemonize",
+            "no",
+            "--protected-mode",
+            "yes",
+            "--logfile",
+            "",
         ]
 
     def ready(self) -> bool:
@@ -226,22 +259,35 @@ class Etcd(Server):
         client = f"http://{HOST}:{self.port}"
         return [
             shutil.which("etcd") or "etcd",
-            "--name", "bench",
-            "--data-dir", str(self.data_dir),
-            "--listen-client-urls", client,
-            "--advertise-client-urls", client,
-            "--listen-peer-urls", peer,
-            "--initial-advertise-peer-urls", peer,
-            "--initial-cluster", f"bench={peer}",
-            "--logger", "zap", "--log-level", "warn",
-            "--quota-backend-bytes", str(4 * 1024**3),
+            "--name",
+            "bench",
+            "--data-dir",
+            str(self.data_dir),
+            "--listen-client-urls",
+            client,
+            "--advertise-client-urls",
+            client,
+            "--listen-peer-urls",
+            peer,
+            "--initial-advertise-peer-urls",
+            peer,
+            "--initial-cluster",
+            f"bench={peer}",
+            "--logger",
+            "zap",
+            "--log-level",
+            "warn",
+            "--quota-backend-bytes",
+            str(4 * 1024**3),
         ]
 
     def ready(self) -> bool:
         try:
             with socket.create_connection((HOST, self.port), timeout=1.0) as s:
-                s.sendall(f"GET /health HTTP/1.1\r\nHost: {HOST}\r\n"
-                          "Connection: close\r\n\r\n".encode())
+                s.sendall(
+                    f"GET /health HTTP/1.1\r\nHost: {HOST}\r\n"
+                    "Connection: close\r\n\r\n".encode()
+                )
                 data = b""
                 while chunk := s.recv(4096):
                     data += chunk

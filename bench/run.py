@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import gzip
 import json
 import os
@@ -45,10 +46,22 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def loadgen(proto: str, port: int, *args: str, server_pid: int | None = None,
-            timeout: float = 300) -> dict:
-    cmd = [sys.executable, str(BENCH / "loadgen.py"), "--proto", proto,
-           "--port", str(port), *args]
+def loadgen(
+    proto: str,
+    port: int,
+    *args: str,
+    server_pid: int | None = None,
+    timeout: float = 300,
+) -> dict:
+    cmd = [
+        sys.executable,
+        str(BENCH / "loadgen.py"),
+        "--proto",
+        proto,
+        "--port",
+        str(port),
+        *args,
+    ]
     if server_pid:
         cmd += ["--server-pid", str(server_pid)]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
@@ -85,32 +98,37 @@ def fsync_rate(folder: str, seconds: float = 1.0, rounds: int = 3) -> dict:
 def machine_info(tmp: str) -> dict:
     model = ""
     try:
-        for line in open("/proc/cpuinfo"):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 model = line.split(":", 1)[1].strip()
                 break
     except OSError:
         pass
     mem = ""
-    try:
-        mem = open("/proc/meminfo").readline().split(":")[1].strip()
-    except OSError:
-        pass
+    with contextlib.suppress(OSError):
+        mem = Path("/proc/meminfo").read_text().split("\n")[0].split(":")[1].strip()
     fs = subprocess.run(["df", "-hT", tmp], capture_output=True, text=True).stdout
     versions = {
         "python": platform.python_version(),
         "redis": _version(["redis-server", "--version"]),
-        "etcd": _version(["etcd", "--version"]).splitlines()[0] if shutil.which("etcd") else "",
+        "etcd": _version(["etcd", "--version"]).splitlines()[0]
+        if shutil.which("etcd")
+        else "",
     }
     try:
         import twisted
+
         versions["twisted"] = twisted.__version__
     except ImportError:
         pass
     return {
-        "nproc": os.cpu_count(), "cpu": model, "mem": mem,
-        "kernel": platform.release(), "filesystem": fs.strip().splitlines()[-1],
-        "fsync_per_s": fsync_rate(tmp), "loadavg": os.getloadavg(),
+        "nproc": os.cpu_count(),
+        "cpu": model,
+        "mem": mem,
+        "kernel": platform.release(),
+        "filesystem": fs.strip().splitlines()[-1],
+        "fsync_per_s": fsync_rate(tmp),
+        "loadavg": os.getloadavg(),
         "versions": versions,
     }
 
@@ -140,29 +158,69 @@ def single_node(system: str, tmp: str) -> dict:
     out: dict = {"system": system, "writes": [], "reads": []}
     try:
         server.start().wait_ready()
-    except Exception as e:  # noqa: BLE001 - reported, not fatal
+    except Exception as e:
         out["error"] = f"could not start {system}: {e}"
         log(out["error"])
         return out
     try:
         log(f"{system}: preloading {PRELOAD} contacts")
-        out["preload"] = loadgen(proto, server.port, "--op", "load", "--count",
-                                 str(PRELOAD), "-c", "16", "-w", "32")
+        out["preload"] = loadgen(
+            proto,
+            server.port,
+            "--op",
+            "load",
+            "--count",
+            str(PRELOAD),
+            "-c",
+            "16",
+            "-w",
+            "32",
+        )
         for c, w in CONFIGS:
-            r = loadgen(proto, server.port, "--op", "write", "-c", str(c), "-w", str(w),
-                        "-d", str(DURATION), "--warmup", str(WARMUP),
-                        server_pid=server.pid)
-            log(f"{system} write C={c} W={w}: {r['ops_per_s']:.0f} ops/s "
-                f"p50={r['p50_ms']}ms p99={r['p99_ms']}ms errors={r['errors']}")
+            r = loadgen(
+                proto,
+                server.port,
+                "--op",
+                "write",
+                "-c",
+                str(c),
+                "-w",
+                str(w),
+                "-d",
+                str(DURATION),
+                "--warmup",
+                str(WARMUP),
+                server_pid=server.pid,
+            )
+            log(
+                f"{system} write C={c} W={w}: {r['ops_per_s']:.0f} ops/s "
+                f"p50={r['p50_ms']}ms p99={r['p99_ms']}ms errors={r['errors']}"
+            )
             out["writes"].append(r)
         for c, w in CONFIGS:
-            r = loadgen(proto, server.port, "--op", "read", "--keys", str(PRELOAD),
-                        "-c", str(c), "-w", str(w), "-d", str(DURATION),
-                        "--warmup", str(WARMUP), server_pid=server.pid)
-            log(f"{system} read  C={c} W={w}: {r['ops_per_s']:.0f} ops/s "
-                f"p50={r['p50_ms']}ms p99={r['p99_ms']}ms errors={r['errors']}")
+            r = loadgen(
+                proto,
+                server.port,
+                "--op",
+                "read",
+                "--keys",
+                str(PRELOAD),
+                "-c",
+                str(c),
+                "-w",
+                str(w),
+                "-d",
+                str(DURATION),
+                "--warmup",
+                str(WARMUP),
+                server_pid=server.pid,
+            )
+            log(
+                f"{system} read  C={c} W={w}: {r['ops_per_s']:.0f} ops/s "
+                f"p50={r['p50_ms']}ms p99={r['p99_ms']}ms errors={r['errors']}"
+            )
             out["reads"].append(r)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         out["error"] = f"{type(e).__name__}: {e}"
         log(f"{system} failed: {out['error']}")
     finally:
@@ -176,8 +234,9 @@ def single_node(system: str, tmp: str) -> dict:
 class Poller(threading.Thread):
     """Samples the vv of every node (for origin n1) as fast as STATUS allows."""
 
-    def __init__(self, nodes: list[AgendaNode], origin: str = "n1",
-                 interval: float = 0.02) -> None:
+    def __init__(
+        self, nodes: list[AgendaNode], origin: str = "n1", interval: float = 0.02
+    ) -> None:
         super().__init__(daemon=True)
         self.nodes = nodes
         self.origin = origin
@@ -210,8 +269,12 @@ class Poller(threading.Thread):
             c.close()
 
 
-def time_lags(leader: list[tuple[float, int]], follower: list[tuple[float, int]],
-              since: float, until: float) -> list[float]:
+def time_lags(
+    leader: list[tuple[float, int]],
+    follower: list[tuple[float, int]],
+    since: float,
+    until: float,
+) -> list[float]:
     """For each follower sample: now minus when the leader first had that seq."""
     lags = []
     for t, seq in follower:
@@ -252,15 +315,31 @@ def replication(tmp: str) -> dict:
         poller = Poller(nodes)
         poller.start()
         t_start = time.monotonic()
-        r = loadgen("agenda", n1.port, "--op", "write", "-c", str(c), "-w", str(w),
-                    "-d", str(DURATION * 1.5), "--warmup", str(WARMUP),
-                    server_pid=n1.pid)
+        r = loadgen(
+            "agenda",
+            n1.port,
+            "--op",
+            "write",
+            "-c",
+            str(c),
+            "-w",
+            str(w),
+            "-d",
+            str(DURATION * 1.5),
+            "--warmup",
+            str(WARMUP),
+            server_pid=n1.pid,
+        )
         t_end = time.monotonic()
         final = n1.vv()["n1"]
         drained = {}
         for n in (n2, n3):
-            wait_for(lambda n=n: n.vv().get("n1", 0) >= final, 120, 0.01,
-                     f"{n.name} did not catch up")
+            wait_for(
+                lambda n=n: n.vv().get("n1", 0) >= final,
+                120,
+                0.01,
+                f"{n.name} did not catch up",
+            )
             drained[n.name] = time.monotonic() - t_end
         poller.stop()
         leader = poller.samples["n1"]
@@ -273,9 +352,12 @@ def replication(tmp: str) -> dict:
                     lead = max((ls for lt, ls in leader if lt <= t), default=0)
                     behind.append(max(0, lead - seq))
             live[n.name] = {
-                "lag_ms_p50": round(statistics.median(lags) * 1000, 1) if lags else None,
+                "lag_ms_p50": round(statistics.median(lags) * 1000, 1)
+                if lags
+                else None,
                 "lag_ms_p99": round(lags[int(0.99 * (len(lags) - 1))] * 1000, 1)
-                if lags else None,
+                if lags
+                else None,
                 "lag_ms_max": round(lags[-1] * 1000, 1) if lags else None,
                 "ops_behind_mean": round(statistics.mean(behind)) if behind else None,
                 "ops_behind_max": max(behind) if behind else None,
@@ -283,9 +365,13 @@ def replication(tmp: str) -> dict:
                 "drain_after_load_s": round(drained[n.name], 3),
             }
         out["live"] = {
-            "load": r, "ops_total": final, "load_seconds": round(t_end - t_start, 2),
+            "load": r,
+            "ops_total": final,
+            "load_seconds": round(t_end - t_start, 2),
             "followers": live,
-            "replicated_ops_per_s": round(final / (t_end - t_start + max(drained.values())))
+            "replicated_ops_per_s": round(
+                final / (t_end - t_start + max(drained.values()))
+            ),
         }
         log(f"replication: n1 {r['ops_per_s']:.0f} ops/s; followers {live}")
 
@@ -293,8 +379,18 @@ def replication(tmp: str) -> dict:
         n3.stop()
         before = n1.vv()["n1"]
         log(f"catch-up: n3 stopped at n1:{before}; writing {CATCHUP_OPS} ops on n1")
-        lr = loadgen("agenda", n1.port, "--op", "load", "--count", str(CATCHUP_OPS),
-                     "-c", "16", "-w", "32")
+        lr = loadgen(
+            "agenda",
+            n1.port,
+            "--op",
+            "load",
+            "--count",
+            str(CATCHUP_OPS),
+            "-c",
+            "16",
+            "-w",
+            "32",
+        )
         target = n1.vv()["n1"]
         t0 = time.monotonic()
         wait_for(lambda: n2.vv().get("n1", 0) >= target, 120, 0.01, "n2 behind")
@@ -315,7 +411,8 @@ def replication(tmp: str) -> dict:
         first_gain = next((t for t, s in progress if s > before), None)
         n3log = (run_dir / "n3.log").read_text(errors="replace")
         out["catchup"] = {
-            "ops_written": target - before, "write": lr,
+            "ops_written": target - before,
+            "write": lr,
             "n2_lag_after_write_s": round(n2_after, 3),
             "n3_start_to_greeting_s": round(t_ready, 3),
             "n3_start_to_first_new_op_s": first_gain,
@@ -330,17 +427,36 @@ def replication(tmp: str) -> dict:
         if shutil.which("py-spy"):
             raw = BENCH / "profile-leader.collapsed.txt"
             lg = subprocess.Popen(
-                [sys.executable, str(BENCH / "loadgen.py"), "--proto", "agenda",
-                 "--port", str(n1.port), "--op", "write", "-c", "16", "-w", "32",
-                 "-d", "9", "--warmup", "0.5", "--server-pid", str(n1.pid)],
-                stdout=subprocess.PIPE, text=True)
+                [
+                    sys.executable,
+                    str(BENCH / "loadgen.py"),
+                    "--proto",
+                    "agenda",
+                    "--port",
+                    str(n1.port),
+                    "--op",
+                    "write",
+                    "-c",
+                    "16",
+                    "-w",
+                    "32",
+                    "-d",
+                    "9",
+                    "--warmup",
+                    "0.5",
+                    "--server-pid",
+                    str(n1.pid),
+                ],
+                stdout=subprocess.PIPE,
+                text=True,
+            )
             time.sleep(1.5)
             log("replication: py-spy record --native on n1 (writes, 2 peers)")
             pyspy_record(n1.pid, 6, "raw", raw)
             load = json.loads(lg.communicate(timeout=120)[0].strip().splitlines()[-1])
             out["leader_profile"] = {"load": load, **parse_raw_profile(raw)}
             compress(raw)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         out["error"] = f"{type(e).__name__}: {e}"
         log(f"replication failed: {out['error']}")
     finally:
@@ -375,29 +491,56 @@ def classify(frames: list[str]) -> str | None:
 #: component matching a frame, walking from the leaf towards the root.
 COMPONENTS = [
     ("cyclic GC (gc_collect_main)", (r"^gc_collect_main ",)),
-    ("phone check + normalize (phone.py, phonenumbers)",
-     (r"\(twisted_agenda/phone\.py\)", r"phonenumbers/", r"^clean_phone ")),
-    ("field validation (model.clean_fields: name/email/note)",
-     (r"^clean_(fields|name|email|note)", r"^_has_control", r"^contact_key ")),
-    ("op JSON encode/decode (crdt.Op.make/_encode/decode)",
-     (r"^Op\.(make|decode) ", r"^_encode \(twisted_agenda/crdt")),
-    ("CRDT apply + Record.contact rebuilds (crdt.py)",
-     (r"^Replica\.", r"^Record\.", r"crdt\.Op>\)$", r"model\.Contact>\)$")),
-    ("reply formatting/queueing (lineproto _reply/_fill/_send, quote)",
-     (r"^AgendaLineProtocol\._(reply|fill|send) ", r"^contact_line ",
-      r"^quote ", r"^quote\.")),
-    ("request parsing (quoting.split, parse_fields)",
-     (r"^split \(twisted_agenda/quoting", r"^parse_fields ", r"^shlex\.")),
-    ("replication (peerproto, antientropy, cluster, AMP)",
-     (r"twisted_agenda/(peerproto|antientropy|cluster)\.py", r"protocols/amp\.py")),
-    ("journal + Deferred plumbing (journal.py, node._journal, defer.py)",
-     (r"twisted_agenda/journal\.py", r"^Node\._(journal|announce|fanout) ",
-      r"internet/defer\.py")),
-    ("line protocol framing/dispatch (lineproto dataReceived/_line/_dispatch/do_*)",
-     (r"twisted_agenda/lineproto\.py",)),
+    (
+        "phone check + normalize (phone.py, phonenumbers)",
+        (r"\(twisted_agenda/phone\.py\)", r"phonenumbers/", r"^clean_phone "),
+    ),
+    (
+        "field validation (model.clean_fields: name/email/note)",
+        (r"^clean_(fields|name|email|note)", r"^_has_control", r"^contact_key "),
+    ),
+    (
+        "op JSON encode/decode (crdt.Op.make/_encode/decode)",
+        (r"^Op\.(make|decode) ", r"^_encode \(twisted_agenda/crdt"),
+    ),
+    (
+        "CRDT apply + Record.contact rebuilds (crdt.py)",
+        (r"^Replica\.", r"^Record\.", r"crdt\.Op>\)$", r"model\.Contact>\)$"),
+    ),
+    (
+        "reply formatting/queueing (lineproto _reply/_fill/_send, quote)",
+        (
+            r"^AgendaLineProtocol\._(reply|fill|send) ",
+            r"^contact_line ",
+            r"^quote ",
+            r"^quote\.",
+        ),
+    ),
+    (
+        "request parsing (quoting.split, parse_fields)",
+        (r"^split \(twisted_agenda/quoting", r"^parse_fields ", r"^shlex\."),
+    ),
+    (
+        "replication (peerproto, antientropy, cluster, AMP)",
+        (r"twisted_agenda/(peerproto|antientropy|cluster)\.py", r"protocols/amp\.py"),
+    ),
+    (
+        "journal + Deferred plumbing (journal.py, node._journal, defer.py)",
+        (
+            r"twisted_agenda/journal\.py",
+            r"^Node\._(journal|announce|fanout) ",
+            r"internet/defer\.py",
+        ),
+    ),
+    (
+        "line protocol framing/dispatch (lineproto dataReceived/_line/_dispatch/do_*)",
+        (r"twisted_agenda/lineproto\.py",),
+    ),
     ("node logic (node.py add/_write/get)", (r"twisted_agenda/node\.py",)),
-    ("socket I/O + reactor (tcp, epoll, send/recv)",
-     (r"internet/(tcp|abstract|epollreactor|posixbase|base)\.py", r"^(send|recv) ")),
+    (
+        "socket I/O + reactor (tcp, epoll, send/recv)",
+        (r"internet/(tcp|abstract|epollreactor|posixbase|base)\.py", r"^(send|recv) "),
+    ),
 ]
 
 
@@ -454,13 +597,18 @@ def parse_raw_profile(path: Path) -> dict:
             total_t[f] += n
     busy = busy or 1
     return {
-        "samples": samples, "busy_samples": busy,
+        "samples": samples,
+        "busy_samples": busy,
         "waits": {k: round(100 * v / samples, 1) for k, v in waits.items()},
         "components": [(k, round(100 * v / busy, 1)) for k, v in parts.most_common()],
-        "self": [(short(f), n, round(100 * n / busy, 1)) for f, n in
-                 self_t.most_common(30)],
-        "total": [(short(f), n, round(100 * n / busy, 1)) for f, n in
-                  total_t.most_common(80) if not _is_native(f)],
+        "self": [
+            (short(f), n, round(100 * n / busy, 1)) for f, n in self_t.most_common(30)
+        ],
+        "total": [
+            (short(f), n, round(100 * n / busy, 1))
+            for f, n in total_t.most_common(80)
+            if not _is_native(f)
+        ],
     }
 
 
@@ -472,9 +620,26 @@ def compress(path: Path) -> None:
 
 
 def pyspy_record(pid: int, seconds: float, fmt: str, dest: Path) -> None:
-    subprocess.run([shutil.which("py-spy"), "record", "--pid", str(pid), "--duration",
-                    str(int(seconds)), "--rate", "200", "--native", "--format", fmt,
-                    "-o", str(dest)], capture_output=True, text=True, check=True)
+    subprocess.run(
+        [
+            shutil.which("py-spy"),
+            "record",
+            "--pid",
+            str(pid),
+            "--duration",
+            str(int(seconds)),
+            "--rate",
+            "200",
+            "--native",
+            "--format",
+            fmt,
+            "-o",
+            str(dest),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
 
 
 def profile(tmp: str) -> dict:
@@ -485,26 +650,59 @@ def profile(tmp: str) -> dict:
     out: dict = {}
     try:
         node.start().wait_ready()
-        loadgen("agenda", node.port, "--op", "load", "--count", str(PRELOAD),
-                "-c", "16", "-w", "32")
+        loadgen(
+            "agenda",
+            node.port,
+            "--op",
+            "load",
+            "--count",
+            str(PRELOAD),
+            "-c",
+            "16",
+            "-w",
+            "32",
+        )
         for op, seconds in (("write", 8), ("read", 6)):
             raw = BENCH / f"profile-{op}.collapsed.txt"
             svg = BENCH / f"profile-{op}.svg"
             total = 2 * seconds + 4
             lg = subprocess.Popen(
-                [sys.executable, str(BENCH / "loadgen.py"), "--proto", "agenda",
-                 "--port", str(node.port), "--op", op, "-c", "64", "-w", "32",
-                 "--keys", str(PRELOAD), "-d", str(total), "--warmup", "0.5",
-                 "--server-pid", str(node.pid)],
-                stdout=subprocess.PIPE, text=True)
+                [
+                    sys.executable,
+                    str(BENCH / "loadgen.py"),
+                    "--proto",
+                    "agenda",
+                    "--port",
+                    str(node.port),
+                    "--op",
+                    op,
+                    "-c",
+                    "64",
+                    "-w",
+                    "32",
+                    "--keys",
+                    str(PRELOAD),
+                    "-d",
+                    str(total),
+                    "--warmup",
+                    "0.5",
+                    "--server-pid",
+                    str(node.pid),
+                ],
+                stdout=subprocess.PIPE,
+                text=True,
+            )
             time.sleep(1.5)
-            log(f"profile: py-spy record --native {op} ({seconds}s raw + {seconds}s svg)")
+            log(
+                f"profile: py-spy record --native {op} "
+                f"({seconds}s raw + {seconds}s svg)"
+            )
             pyspy_record(node.pid, seconds, "raw", raw)
             pyspy_record(node.pid, seconds, "flamegraph", svg)
             load = json.loads(lg.communicate(timeout=120)[0].strip().splitlines()[-1])
             out[op] = {"load": load, **parse_raw_profile(raw), "svg": svg.name}
             compress(raw)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         out["error"] = f"{type(e).__name__}: {e}"
         log(f"profile failed: {out['error']}")
     finally:
@@ -517,10 +715,15 @@ def profile(tmp: str) -> dict:
 ABLATIONS = {
     "baseline": ("", []),
     "phones sent as '(11) 9xxxx-xxxx' (load change: phonenumbers.parse skipped)": (
-        "", [], ["--local-phones"]),
+        "",
+        [],
+        ["--local-phones"],
+    ),
     "gc disabled (upper bound of GC cost)": ("import gc; gc.disable(); ", []),
     "gc.set_threshold(50_000, 20, 100)": (
-        "import gc; gc.set_threshold(50_000, 20, 100); ", []),
+        "import gc; gc.set_threshold(50_000, 20, 100); ",
+        [],
+    ),
     "no compaction (--compact-min-ops 10^9)": ("", ["--compact-min-ops", "1000000000"]),
 }
 
@@ -533,15 +736,40 @@ def ablation(tmp: str) -> dict:
         node = AgendaNode(run_dir, "n1", prelude=prelude, extra=extra)
         try:
             node.start().wait_ready()
-            loadgen("agenda", node.port, "--op", "load", "--count", str(PRELOAD),
-                    "-c", "16", "-w", "32")
-            r = loadgen("agenda", node.port, "--op", "write", "-c", "64", "-w", "32",
-                        "-d", str(DURATION * 1.5), "--warmup", str(WARMUP),
-                        *lg_extra, server_pid=node.pid)
+            loadgen(
+                "agenda",
+                node.port,
+                "--op",
+                "load",
+                "--count",
+                str(PRELOAD),
+                "-c",
+                "16",
+                "-w",
+                "32",
+            )
+            r = loadgen(
+                "agenda",
+                node.port,
+                "--op",
+                "write",
+                "-c",
+                "64",
+                "-w",
+                "32",
+                "-d",
+                str(DURATION * 1.5),
+                "--warmup",
+                str(WARMUP),
+                *lg_extra,
+                server_pid=node.pid,
+            )
             out[name] = r
-            log(f"ablation {name}: {r['ops_per_s']:.0f} ops/s, "
-                f"{per_core(r)} ops per node CPU-second")
-        except Exception as e:  # noqa: BLE001
+            log(
+                f"ablation {name}: {r['ops_per_s']:.0f} ops/s, "
+                f"{per_core(r)} ops per node CPU-second"
+            )
+        except Exception as e:
             out[name] = {"error": f"{type(e).__name__}: {e}"}
         finally:
             node.stop()
@@ -566,16 +794,40 @@ def redis_benchmark(tmp: str) -> dict:
         for c, w in CONFIGS:
             n = max(2000, int(c * w * 1500 * DURATION / 4))
             n = min(n, 600_000)
-            r = subprocess.run([exe, "-h", "127.0.0.1", "-p", str(server.port),
-                                "-c", str(c), "-P", str(w), "-n", str(n), "-t", "hset",
-                                "-r", "1000000", "--csv"],
-                               capture_output=True, text=True, timeout=120)
+            r = subprocess.run(
+                [
+                    exe,
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    str(server.port),
+                    "-c",
+                    str(c),
+                    "-P",
+                    str(w),
+                    "-n",
+                    str(n),
+                    "-t",
+                    "hset",
+                    "-r",
+                    "1000000",
+                    "--csv",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
             row = r.stdout.strip().splitlines()[-1].replace('"', "").split(",")
-            out[f"{c}x{w}"] = {"conns": c, "window": w, "requests": n,
-                               "ops_per_s": float(row[1]), "p50_ms": float(row[4]),
-                               "p99_ms": float(row[6])}
+            out[f"{c}x{w}"] = {
+                "conns": c,
+                "window": w,
+                "requests": n,
+                "ops_per_s": float(row[1]),
+                "p50_ms": float(row[4]),
+                "p99_ms": float(row[6]),
+            }
             log(f"redis-benchmark HSET C={c} P={w}: {row[1]} ops/s")
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         out["error"] = f"{type(e).__name__}: {e}"
     finally:
         server.stop()
@@ -597,12 +849,16 @@ def tables(res: dict) -> str:
     out = []
     code = res.get("code")
     if code:
-        out.append(f"agenda code: commit {code['commit'][:10]} ({code['subject']}), "
-                   f"mode {code['mode']}")
+        out.append(
+            f"agenda code: commit {code['commit'][:10]} ({code['subject']}), "
+            f"mode {code['mode']}"
+        )
     m = res.get("machine", {})
     if m:
-        out.append(f"machine: {m['nproc']} CPUs ({m['cpu']}), {m['mem']}, "
-                   f"kernel {m['kernel']}; fs {m['filesystem']}")
+        out.append(
+            f"machine: {m['nproc']} CPUs ({m['cpu']}), {m['mem']}, "
+            f"kernel {m['kernel']}; fs {m['filesystem']}"
+        )
         out.append(f"fsync/s (100-byte appends, 1 s rounds): {m['fsync_per_s']}")
         if "fsync_per_s_end" in res:
             out.append(f"fsync/s at the end: {res['fsync_per_s_end']}")
@@ -618,30 +874,38 @@ def tables(res: dict) -> str:
         for c, w in CONFIGS:
             cells = []
             for s in systems:
-                r = next((r for r in s.get(op, []) if r["conns"] == c and r["window"] == w),
-                         None)
+                r = next(
+                    (r for r in s.get(op, []) if r["conns"] == c and r["window"] == w),
+                    None,
+                )
                 if r is None:
                     cells.append("-")
                 else:
                     err = f" **{r['errors']} err**" if r["errors"] else ""
-                    cells.append(f"{f0(r['ops_per_s'])} ({f2(r['p50_ms'])} / "
-                                 f"{f2(r['p99_ms'])}){err}")
+                    cells.append(
+                        f"{f0(r['ops_per_s'])} ({f2(r['p50_ms'])} / "
+                        f"{f2(r['p99_ms'])}){err}"
+                    )
             out.append(f"| {c} | {w} | {c * w} | " + " | ".join(cells) + " |")
         out.append("")
     if systems:
         out.append("### CPU during each measurement (cores; 2 = whole machine)\n")
-        out.append("| system | op | C | W | ops/s | server CPU | ops per server "
-                   "CPU-s | loadgen CPU | other CPU (not ours) | max ms | longest "
-                   "no-reply gap ms |")
+        out.append(
+            "| system | op | C | W | ops/s | server CPU | ops per server "
+            "CPU-s | loadgen CPU | other CPU (not ours) | max ms | longest "
+            "no-reply gap ms |"
+        )
         out.append("|---|---|---|---|---|---|---|---|---|---|---|")
         for s in systems:
             for op in ("writes", "reads"):
                 for r in s.get(op, []):
-                    out.append(f"| {s['system']} | {op[:-1]} | {r['conns']} | "
-                               f"{r['window']} | {f0(r['ops_per_s'])} | "
-                               f"{r['server_cpu']} | {f0(per_core(r))} | "
-                               f"{r['client_cpu']} | {r['other_cpu']} | "
-                               f"{f2(r['max_ms'])} | {f2(r.get('max_gap_ms'))} |")
+                    out.append(
+                        f"| {s['system']} | {op[:-1]} | {r['conns']} | "
+                        f"{r['window']} | {f0(r['ops_per_s'])} | "
+                        f"{r['server_cpu']} | {f0(per_core(r))} | "
+                        f"{r['client_cpu']} | {r['other_cpu']} | "
+                        f"{f2(r['max_ms'])} | {f2(r.get('max_gap_ms'))} |"
+                    )
         out.append("")
         for s in systems:
             if s.get("error"):
@@ -653,24 +917,30 @@ def tables(res: dict) -> str:
         out.append("|---|---|---|---|---|")
         for k, r in rb.items():
             if k != "error":
-                out.append(f"| {r['conns']} | {r['window']} | {f0(r['ops_per_s'])} | "
-                           f"{r['p50_ms']} | {r['p99_ms']} |")
+                out.append(
+                    f"| {r['conns']} | {r['window']} | {f0(r['ops_per_s'])} | "
+                    f"{r['p50_ms']} | {r['p99_ms']} |"
+                )
         if rb.get("error"):
             out.append(f"- redis-benchmark: **{rb['error']}**")
         out.append("")
     ab = res.get("ablation")
     if ab:
         out.append("### ablation: agenda node, writes C=64 W=32, one thing changed\n")
-        out.append("| variant | ops/s | server CPU | ops per server CPU-s | p50 ms | "
-                   "p99 ms | other CPU |")
+        out.append(
+            "| variant | ops/s | server CPU | ops per server CPU-s | p50 ms | "
+            "p99 ms | other CPU |"
+        )
         out.append("|---|---|---|---|---|---|---|")
         for name, r in ab.items():
             if "error" in r:
                 out.append(f"| {name} | **{r['error']}** | | | | | |")
             else:
-                out.append(f"| {name} | {f0(r['ops_per_s'])} | {r['server_cpu']} | "
-                           f"{f0(per_core(r))} | {f2(r['p50_ms'])} | "
-                           f"{f2(r['p99_ms'])} | {r['other_cpu']} |")
+                out.append(
+                    f"| {name} | {f0(r['ops_per_s'])} | {r['server_cpu']} | "
+                    f"{f0(per_core(r))} | {f2(r['p50_ms'])} | "
+                    f"{f2(r['p99_ms'])} | {r['other_cpu']} |"
+                )
         out.append("")
     rep = res.get("replication")
     if rep:
@@ -678,46 +948,58 @@ def tables(res: dict) -> str:
         if "live" in rep:
             lv = rep["live"]
             ld = lv["load"]
-            out.append(f"n1 write load C={ld['conns']} W={ld['window']}: "
-                       f"{f0(ld['ops_per_s'])} acked ops/s (p50 {ld['p50_ms']} ms, "
-                       f"p99 {ld['p99_ms']} ms), {lv['ops_total']:,} ops in "
-                       f"{lv['load_seconds']} s; end-to-end replicated "
-                       f"{f0(lv['replicated_ops_per_s'])} ops/s\n")
-            out.append("| follower | lag p50 ms | lag p99 ms | lag max ms | "
-                       "ops behind mean | ops behind max | all ops this long after "
-                       "load ended |")
+            out.append(
+                f"n1 write load C={ld['conns']} W={ld['window']}: "
+                f"{f0(ld['ops_per_s'])} acked ops/s (p50 {ld['p50_ms']} ms, "
+                f"p99 {ld['p99_ms']} ms), {lv['ops_total']:,} ops in "
+                f"{lv['load_seconds']} s; end-to-end replicated "
+                f"{f0(lv['replicated_ops_per_s'])} ops/s\n"
+            )
+            out.append(
+                "| follower | lag p50 ms | lag p99 ms | lag max ms | "
+                "ops behind mean | ops behind max | all ops this long after "
+                "load ended |"
+            )
             out.append("|---|---|---|---|---|---|---|")
             for name, f in lv["followers"].items():
-                out.append(f"| {name} | {f['lag_ms_p50']} | {f['lag_ms_p99']} | "
-                           f"{f['lag_ms_max']} | {f0(f['ops_behind_mean'])} | "
-                           f"{f0(f['ops_behind_max'])} | {f['drain_after_load_s']} s |")
+                out.append(
+                    f"| {name} | {f['lag_ms_p50']} | {f['lag_ms_p99']} | "
+                    f"{f['lag_ms_max']} | {f0(f['ops_behind_mean'])} | "
+                    f"{f0(f['ops_behind_max'])} | {f['drain_after_load_s']} s |"
+                )
             out.append("")
         if "catchup" in rep:
             cu = rep["catchup"]
-            out.append(f"catch-up: n3 stopped, {cu['ops_written']:,} ops written on n1 "
-                       f"({f0(cu['write']['ops_per_s'])} ops/s; n2 had them all "
-                       f"{cu['n2_lag_after_write_s']} s after the last ack); n3 started: "
-                       f"greeting after {cu['n3_start_to_greeting_s']} s, first new op "
-                       f"after {cu['n3_start_to_first_new_op_s']} s, all ops after "
-                       f"**{cu['n3_start_to_caught_up_s']} s** (transfer "
-                       f"{cu['n3_transfer_s']} s; via snapshot: {cu['via_snapshot']})\n")
+            out.append(
+                f"catch-up: n3 stopped, {cu['ops_written']:,} ops written on n1 "
+                f"({f0(cu['write']['ops_per_s'])} ops/s; n2 had them all "
+                f"{cu['n2_lag_after_write_s']} s after the last ack); n3 started: "
+                f"greeting after {cu['n3_start_to_greeting_s']} s, first new op "
+                f"after {cu['n3_start_to_first_new_op_s']} s, all ops after "
+                f"**{cu['n3_start_to_caught_up_s']} s** (transfer "
+                f"{cu['n3_transfer_s']} s; via snapshot: {cu['via_snapshot']})\n"
+            )
         if rep.get("error"):
             out.append(f"- replication: **{rep['error']}**\n")
     profs = dict(res.get("profile") or {})
     if rep and rep.get("leader_profile"):
         profs["leader"] = rep["leader_profile"]
-    titles = {"write": "single node, writes C=64 W=32",
-              "read": "single node, reads (GET) C=64 W=32",
-              "leader": "n1 of the 3-node cluster, writes C=16 W=32"}
+    titles = {
+        "write": "single node, writes C=64 W=32",
+        "read": "single node, reads (GET) C=64 W=32",
+        "leader": "n1 of the 3-node cluster, writes C=16 W=32",
+    }
     for op in ("write", "read", "leader"):
         p = profs.get(op)
         if not p:
             continue
         ld = p["load"]
         waits = ", ".join(f"{k} {v}%" for k, v in p["waits"].items())
-        out.append(f"### profile: {titles[op]} ({f0(ld['ops_per_s'])} ops/s, node CPU "
-                   f"{ld['server_cpu']}); {p['busy_samples']} busy samples of "
-                   f"{p['samples']} (waits: {waits})\n")
+        out.append(
+            f"### profile: {titles[op]} ({f0(ld['ops_per_s'])} ops/s, node CPU "
+            f"{ld['server_cpu']}); {p['busy_samples']} busy samples of "
+            f"{p['samples']} (waits: {waits})\n"
+        )
         out.append("| # | self % | function (file) |")
         out.append("|---|---|---|")
         for i, (fn, _, pc) in enumerate(p["self"][:15], 1):
@@ -729,9 +1011,14 @@ def tables(res: dict) -> str:
             for name, pc in p["components"]:
                 out.append(f"| {name} | {pc} |")
             out.append("")
-        out.append("inclusive (Python frames, % of busy samples): " + "; ".join(
-            f"`{fn}` {pc}" for fn, _, pc in p["total"]
-            if "twisted_agenda" in fn or "shlex" in fn or "json" in fn)[:3000])
+        out.append(
+            "inclusive (Python frames, % of busy samples): "
+            + "; ".join(
+                f"`{fn}` {pc}"
+                for fn, _, pc in p["total"]
+                if "twisted_agenda" in fn or "shlex" in fn or "json" in fn
+            )[:3000]
+        )
         out.append("")
     if profs.get("error"):
         out.append(f"- profile: **{profs['error']}**\n")
@@ -745,19 +1032,36 @@ def prepare_code(tmp: str) -> dict:
     edits included). Either way the commit and the dirty files are recorded.
     """
     repo = str(BENCH.parent)
-    git = lambda *a: subprocess.run(["git", "-C", repo, *a], capture_output=True,  # noqa: E731
-                                    text=True).stdout.rstrip("\n")
+
+    def git(*a):
+        return subprocess.run(
+            ["git", "-C", repo, *a],
+            capture_output=True,
+            text=True,
+        ).stdout.rstrip("\n")
+
     head = git("rev-parse", "HEAD")
-    dirty = [ln[3:] for ln in git("status", "--porcelain", "--", "twisted_agenda",
-                                  "twisted").splitlines()]
+    dirty = [
+        ln[3:]
+        for ln in git(
+            "status", "--porcelain", "--", "twisted_agenda", "twisted"
+        ).splitlines()
+    ]
     mode = os.environ.get("BENCH_CODE", "head")
-    info = {"commit": head, "subject": git("log", "-1", "--format=%s"), "mode": mode,
-            "uncommitted_server_files": dirty}
+    info = {
+        "commit": head,
+        "subject": git("log", "-1", "--format=%s"),
+        "mode": mode,
+        "uncommitted_server_files": dirty,
+    }
     if mode == "head" and head:
         dest = Path(tmp) / "code"
         dest.mkdir()
-        archive = subprocess.run(["git", "-C", repo, "archive", "HEAD", "twisted_agenda",
-                                  "twisted"], capture_output=True, check=True).stdout
+        archive = subprocess.run(
+            ["git", "-C", repo, "archive", "HEAD", "twisted_agenda", "twisted"],
+            capture_output=True,
+            check=True,
+        ).stdout
         subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
         procs.CODE_ROOT = dest
         info["uncommitted_server_files_ignored"] = True
@@ -776,35 +1080,57 @@ def tables_path(out: str) -> Path:
 
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--only", action="append", default=[],
-                    help="agenda redis etcd etcd-grpc redis-benchmark replication "
-                         "profile ablation fsync")
+    ap.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        help="agenda redis etcd etcd-grpc redis-benchmark replication "
+        "profile ablation fsync",
+    )
     ap.add_argument("--out", default=str(BENCH / "results.json"))
-    ap.add_argument("--render", action="store_true",
-                    help="only rebuild bench/tables.md from --out and the "
-                         "profile-*.collapsed.txt.gz files")
+    ap.add_argument(
+        "--render",
+        action="store_true",
+        help="only rebuild bench/tables.md from --out and the "
+        "profile-*.collapsed.txt.gz files",
+    )
     args = ap.parse_args()
     if args.render:
         res = json.loads(Path(args.out).read_text())
-        for op, holder in (("write", res.get("profile")), ("read", res.get("profile")),
-                           ("leader", res.get("replication"))):
+        for op, holder in (
+            ("write", res.get("profile")),
+            ("read", res.get("profile")),
+            ("leader", res.get("replication")),
+        ):
             key = "leader_profile" if op == "leader" else op
             gz = BENCH / f"profile-{op}.collapsed.txt.gz"
             if holder and holder.get(key) and gz.exists():
                 tmp_raw = Path(tempfile.mkdtemp()) / "raw.txt"
-                tmp_raw.write_bytes(gzip.open(gz).read())
+                with gzip.open(gz) as f:
+                    tmp_raw.write_bytes(f.read())
                 holder[key].update(parse_raw_profile(tmp_raw))
         Path(args.out).write_text(json.dumps(res, indent=1))
         text = tables(res)
         tables_path(args.out).write_text(text + "\n")
         print(text)
         return 0
-    want = set(args.only) or {"fsync", "agenda", "redis", "etcd", "etcd-grpc",
-                              "redis-benchmark", "replication", "profile",
-                              "ablation"}
+    want = set(args.only) or {
+        "fsync",
+        "agenda",
+        "redis",
+        "etcd",
+        "etcd-grpc",
+        "redis-benchmark",
+        "replication",
+        "profile",
+        "ablation",
+    }
     tmp = tempfile.mkdtemp(prefix="agenda-bench-", dir=os.environ.get("BENCH_TMP"))
-    res: dict = {"started": time.strftime("%Y-%m-%d %H:%M:%S"),
-                 "duration_s": DURATION, "warmup_s": WARMUP}
+    res: dict = {
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "duration_s": DURATION,
+        "warmup_s": WARMUP,
+    }
     t0 = time.monotonic()
     res["code"] = prepare_code(tmp)
     log(f"agenda code under test: {res['code']}")
@@ -816,8 +1142,9 @@ def main() -> int:
         for system in ("agenda", "redis", "etcd", "etcd-grpc"):
             if system in want:
                 if system.startswith("etcd") and not shutil.which("etcd"):
-                    res["single"].append({"system": system,
-                                          "error": "etcd not installed"})
+                    res["single"].append(
+                        {"system": system, "error": "etcd not installed"}
+                    )
                     continue
                 res["single"].append(single_node(system, tmp))
         if "replication" in want:
