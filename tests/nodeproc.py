@@ -79,6 +79,23 @@ def wait_for(predicate: Callable[[], T], timeout: float = 10.0, message: str = "
         interval = min(interval * 2, 0.1)
 
 
+async def until(
+    predicate: Callable[[], T], timeout: float = 20.0, message: str = ""
+) -> T:
+    """``wait_for`` for tests that run on the reactor: polls without blocking
+    it, so the code under test (a client, a Tk window) keeps running."""
+    from twisted.internet import reactor, task
+
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(message or f"not true after {timeout}s: {predicate!r}")
+        await task.deferLater(reactor, 0.02, lambda: None)
+
+
 class NodeExited(RuntimeError):
     """The node process ended while we waited for it to serve."""
 

@@ -7,15 +7,14 @@ answer, greet like something else).
 
 from __future__ import annotations
 
-import time
 import uuid
 
 import pytest
 import pytest_twisted
 from hypothesis import given
 from hypothesis import strategies as st
-from nodeproc import NodeProcess, free_port
-from twisted.internet import defer, protocol, reactor, task
+from nodeproc import NodeProcess, free_port, until
+from twisted.internet import defer, protocol, reactor
 from twisted.internet.testing import StringTransport
 
 from twisted_agenda import quoting
@@ -54,18 +53,6 @@ ODD_NAMES = [
     "-dash",
     "名前",
 ]
-
-
-async def until(predicate, timeout: float = 20.0, message: str = ""):
-    """Poll without blocking the reactor; the predicate's truthy value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(message or f"not true after {timeout}s")
-        await task.deferLater(reactor, 0.02, lambda: None)
 
 
 def unique(prefix: str = "c") -> str:

@@ -27,7 +27,8 @@ from pathlib import Path
 import pytest
 import pytest_twisted
 from nodeproc import REPO_ROOT, NodeProcess, wait_for
-from twisted.internet import reactor, task, tksupport
+from nodeproc import until as poll
+from twisted.internet import reactor, tksupport
 
 from twisted_agenda.client import request_line
 from twisted_agenda.client.tk import AgendaApp, ConfirmDialog, ContactDialog
@@ -146,15 +147,11 @@ def book_of(node: NodeProcess) -> list[Contact]:
 
 
 async def until(predicate, timeout: float = 20.0, message: str = ""):
-    """Poll while the reactor (and so Tk) keeps running."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(message or f"not true after {timeout}s: {_ui}")
-        await task.deferLater(reactor, 0.02, lambda: None)
+    """``nodeproc.until``, saying what the window showed if it times out."""
+    try:
+        return await poll(predicate, timeout, message)
+    except AssertionError as e:
+        raise AssertionError(f"{e}: {_ui}") from None
 
 
 def rows_of(contacts) -> list[tuple[str, str, str]]:
