@@ -111,10 +111,9 @@ class Node:
         for op in recovered.ops:
             self._apply(op)
         self.durable_vv: VersionVector = dict(self.replica.vv)
-        self.clock.observe(max((op.hlc for op in recovered.ops), default=0))
+        self._listing = None
         for record in self.replica.records.values():
-            for _, hlc, _ in record.registers.values():
-                self.clock.observe(hlc)
+            self.clock.observe(newest_stamp(record))
         return recovered
 
     def _journal_failed(self) -> None:
@@ -144,8 +143,13 @@ class Node:
         return contact
 
     def contacts(self) -> list[Contact]:
-        # Accented names sort with their letter: Álvaro before Bruno.
-        return sorted(self.replica.contacts(), key=lambda c: (fold(c.name), c.key))
+        """Every contact, sorted; kept until the book changes (LIST, FIND)."""
+        if self._listing is None:
+            # Accented names sort with their letter: Álvaro before Bruno.
+            self._listing = sorted(
+                self.replica.contacts(), key=lambda c: (fold(c.name), c.key)
+            )
+        return self._listing
 
     def find(self, text: str) -> list[Contact]:
         return [c for c in self.contacts() if matches(c, text, self.default_region)]
@@ -237,6 +241,7 @@ class Node:
             change = self.replica.merge_record(key, record)
             if change is not None:
                 changes.append(change)
+                self._listing = None
         self.replica.vv = merged(self.replica.vv, vv)
         # Ops the snapshot covers are no longer replayable from our log.
         self.oplog.trim(self.replica.vv)
@@ -259,10 +264,7 @@ class Node:
 
     def _observe_record(self, record: Record) -> None:
         """Our next writes must be stamped after what the record holds."""
-        stamps = [hlc for _, hlc, _ in record.registers.values()]
-        if record.tomb is not None:
-            stamps.append(record.tomb[0])
-        newest = max(stamps, default=0)
+        newest = newest_stamp(record)
         try:
             self.clock.check(newest)
         except ClockSkew:
@@ -273,6 +275,8 @@ class Node:
         status, change = self.replica.apply(op)
         if status is Applied.APPLIED:
             self.oplog.add(op)
+        if change is not None:
+            self._listing = None
         return change
 
     def _journal(self, ops: list[Op], changes: list[Change]) -> defer.Deferred:
@@ -352,3 +356,11 @@ class Node:
 
     def close(self) -> defer.Deferred:
         return self.journal.close()
+
+
+def newest_stamp(record: Record) -> int:
+    """The latest hlc a record holds, in a register or its tombstone."""
+    stamps = [hlc for _, hlc, _ in record.registers.values()]
+    if record.tomb is not None:
+        stamps.append(record.tomb[0])
+    return max(stamps, default=0)
