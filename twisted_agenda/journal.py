@@ -24,7 +24,7 @@ from twisted.internet import defer, threads
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
-from twisted_agenda.crdt import BadOp, Op, Record, VersionVector
+from twisted_agenda.crdt import BadOp, Op, Record, VersionVector, record_line
 from twisted_agenda.datadir import DataDir, fsync_dir, write_atomically
 
 log = Logger()
@@ -139,7 +139,8 @@ class Journal:
 
     ``run_blocking(f, *args)`` runs ``f`` away from the reactor and returns a
     Deferred (a one-thread pool in production, a synchronous call in tests).
-    ``snapshot`` returns ``(vv, record_lines)`` for the book as it is now.
+    ``snapshot`` returns ``(vv, [(key, Record)])``: a copy of the book as it
+    is now, which the writer thread encodes.
     """
 
     def __init__(
@@ -147,7 +148,7 @@ class Journal:
         datadir: DataDir,
         reactor: Any,
         run_blocking: Callable[..., defer.Deferred],
-        snapshot: Callable[[], tuple[VersionVector, list[bytes]]],
+        snapshot: Callable[[], tuple[VersionVector, list[tuple[str, Record]]]],
     ) -> None:
         self._datadir = datadir
         self._reactor = reactor
@@ -251,8 +252,9 @@ class Journal:
             self.fsyncs += 1
         if snapshot is not None:
             vv, records = snapshot
+            lines = (record_line(key, record) for key, record in records)
             header = snapshot_header(vv, len(records))
-            write_atomically(self._datadir.snapshot, [header, *records])
+            write_atomically(self._datadir.snapshot, [header, *lines])
             # The snapshot holds every journaled op now: start a new journal.
             self._file.close()
             with open(self._datadir.journal + ".tmp", "wb") as f:

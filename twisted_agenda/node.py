@@ -317,7 +317,7 @@ class Node:
                 lambda f: log.failure("compaction failed", f)
             )
 
-    def _snapshot(self) -> tuple[VersionVector, list[bytes]]:
+    def _snapshot(self) -> tuple[VersionVector, list[tuple[str, Record]]]:
         """Called by the journal when it writes a snapshot: the book right now."""
         self.replica.drop(self._stable_tombstones())
         vv = dict(self.replica.vv)
@@ -329,7 +329,9 @@ class Node:
                 for o, seq in vv.items()
             }
         self.oplog.trim(keep)
-        return vv, list(self.replica.snapshot_lines())
+        # Only copied here; the journal's thread encodes it, so a big book
+        # does not hold the reactor for the whole JSON encoding.
+        return vv, self.replica.snapshot_records()
 
     def _stable_tombstones(self) -> list[str]:
         """Removed contacts every node has seen removed, with nothing pending.
