@@ -37,14 +37,16 @@ def test_every_acknowledged_add_survives_sigkill_under_load(spawn_node):
     acked: list[list[str]] = [[] for _ in range(clients)]
 
     def writer(k: int) -> None:
-        with node.client() as client:
-            client.send(*(f"ADD {name} {k}{i:03d}" for i, name in enumerate(sent[k])))
-            try:
+        try:
+            with node.client() as client:
+                client.send(
+                    *(f"ADD {name} {k}{i:03d}" for i, name in enumerate(sent[k]))
+                )
                 for name in sent[k]:
                     if client.read_reply() == [f"OK added {name}"]:
                         acked[k].append(name)
-            except OSError:
-                pass  # the node was killed mid-stream
+        except OSError:
+            pass  # the node was killed mid-stream (or before we connected)
 
     threads = [threading.Thread(target=writer, args=(k,)) for k in range(clients)]
     for t in threads:
