@@ -198,6 +198,19 @@ def test_pipelined_replies_are_matched_in_order_and_events_set_aside():
     assert events == [Event("added", Contact("b", "222"))]
 
 
+def test_a_watch_overflow_is_not_taken_for_a_reply():
+    events = []
+    proto, transport = _connected_protocol(events)
+    d = proto.request("LIST")
+    proto.dataReceived(
+        b"EVENT overflow 10000 changes unread; WATCH stopped (send WATCH again, "
+        b"then LIST to resync)\r\n"
+    )
+    assert not d.called, "LIST still waits for its own reply"
+    assert events == []
+    assert transport.disconnecting, "start over: re-WATCH on a fresh connection"
+
+
 def test_a_lost_connection_fails_every_waiting_request():
     proto, _ = _connected_protocol()
     d = proto.request("LIST")

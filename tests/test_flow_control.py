@@ -15,7 +15,7 @@ def test_a_watcher_that_never_reads_is_stopped_not_buffered_forever(agenda):
     agenda.settle()
     lines = watcher.lines()
     assert len(lines) == MAX_UNREAD_EVENTS + 1
-    assert lines[-1].startswith("ERR unavailable 10000 changes unread; WATCH stopped")
+    assert lines[-1].startswith("EVENT overflow 10000 changes unread; WATCH stopped")
     assert agenda.node.watchers == set()
     assert writer.request("GET 'Person 3'") == ['CONTACT "Person 3" 555-0000', "OK 1"]
 

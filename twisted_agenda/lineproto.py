@@ -323,11 +323,13 @@ class AgendaLineProtocol(protocol.Protocol, TimeoutMixin):
             self._unread_events += 1
             if self._unread_events > MAX_UNREAD_EVENTS:
                 # A watcher that never reads would hold the node's memory.
+                # An EVENT line, not an ERR: it arrives between replies, and
+                # a client must not take it for the reply to a request.
                 self._unwatch()
                 self._send(
                     [
-                        f"ERR unavailable {MAX_UNREAD_EVENTS} changes unread; "
-                        "WATCH stopped (send WATCH again to resume)"
+                        f"EVENT overflow {MAX_UNREAD_EVENTS} changes unread; "
+                        "WATCH stopped (send WATCH again, then LIST to resync)"
                     ]
                 )
                 return

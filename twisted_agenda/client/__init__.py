@@ -337,6 +337,15 @@ class AgendaProtocol(LineOnlyReceiver):
                 return
             self.greeted.callback(self.node_id)
             return
+        if line.startswith("EVENT overflow"):
+            # We fell 10,000 changes behind and the node stopped our WATCH:
+            # start over on a fresh connection (re-WATCH, reload) rather than
+            # show a book with holes in it.
+            log.warn(
+                "node {node} stopped our WATCH: {line}", node=self.node_id, line=line
+            )
+            self.transport.loseConnection()
+            return
         if line.startswith("EVENT "):
             self._event(line)
             return
