@@ -3,6 +3,8 @@ joined by iosim pumps and driven by one task.Clock (no sockets, no sleeps)."""
 
 from __future__ import annotations
 
+import shutil
+
 from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.test import iosim
@@ -26,6 +28,16 @@ def join(server, client, clock) -> iosim.IOPump:
         greet=False,
         clock=clock,
     )
+
+
+def result(d):
+    """The value a fired Deferred holds (raises its failure)."""
+    out = []
+    d.addBoth(out.append)
+    assert out, "Deferred has not fired"
+    if hasattr(out[0], "raiseException"):
+        out[0].raiseException()
+    return out[0]
 
 
 def run_now(f, *args):
@@ -55,13 +67,22 @@ class Harness:
 
     def restart(self, name: str, **kw) -> Node:
         """Reopen a node from its data folder, as after a crash."""
+        self._close(name)
+        return self.node(name, **kw)
+
+    def wipe(self, name: str, **kw) -> Node:
+        """Start a node again with the same id and an empty data folder."""
+        self._close(name)
+        shutil.rmtree(self.tmp_path / name)
+        return self.node(name, **kw)
+
+    def _close(self, name: str) -> None:
         old = self.nodes[name]
         for session in list(self.clusters[name].sessions.values()):
             session.transport.loseConnection()
         self.settle()
         old.journal.close()
         old.journal._datadir.close()
-        return self.node(name, **kw)
 
     def connect(self, dialer: str, listener: str) -> tuple[PeerProtocol, PeerProtocol]:
         """``dialer`` opens a session to ``listener`` (handshake included)."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 from nodeproc import free_port, wait_for
 
@@ -108,3 +110,23 @@ def test_watch_sees_changes_made_on_another_node(cluster):
         assert watcher.next_event() == 'EVENT updated Zeca 444-4444 note="call back"'
         writer.ok("REMOVE Zeca")
         assert watcher.next_event().startswith("EVENT removed Zeca")
+
+
+def test_a_wiped_node_with_its_old_id_gets_its_own_changes_back(cluster):
+    n2 = cluster["n2"]
+    with n2.client() as c:
+        c.ok("ADD Ana 111-1111")
+        c.ok("ADD Bia 222-2222")
+    wait_for(lambda: converged(cluster.values()), timeout=10)
+    n2.crash()
+    shutil.rmtree(n2.data_dir)
+    n2.start().wait_ready()  # same --node-id n2, empty folder
+    wait_for(lambda: converged(cluster.values()), timeout=10)
+    assert "holds changes of ours up to n2:2" in n2.log()
+    with n2.client() as c:
+        c.ok("UPDATE Ana email=ana@example.com")  # numbered n2:3, not n2:1 again
+    expected = [
+        Contact("Ana", "111-1111", "ana@example.com"),
+        Contact("Bia", "222-2222"),
+    ]
+    wait_for(lambda: converged(cluster.values(), expected), timeout=10)

@@ -754,6 +754,17 @@ def test_a_refused_write_leaves_no_trace(agenda, book):
     assert book.request("GET Bia") == ["ERR not-found no contact named Bia"]
 
 
+def test_writes_wait_while_peers_hold_more_of_this_node_than_it_does(agenda, book):
+    # As after restoring the data folder from a backup: a peer's handshake
+    # shows it holds changes of this node that its journal lacks.
+    agenda.node.peer_holds("b", {agenda.node.node_id: 5})
+    assert book.request("ADD Bia 123") == [
+        "ERR unavailable this node is getting its own earlier changes back from"
+        " its peers (3 to go); try again shortly"
+    ]
+    assert book.request('GET "Maria da Silva"') == [MARIA_LINE, "OK 1"]
+
+
 # -- random input -------------------------------------------------------------
 
 WRITES = ("ADD", "UPDATE", "REMOVE", "QUIT")

@@ -5,21 +5,12 @@ from __future__ import annotations
 from itertools import pairwise
 
 import pytest
+from replication_harness import result
 
 from twisted_agenda.crdt import Change
 from twisted_agenda.journal import JournalUnavailable, recover
 from twisted_agenda.model import Contact, InvalidField
 from twisted_agenda.node import Exists, NotFound
-
-
-def result(d):
-    """The value a fired Deferred holds (raises its failure)."""
-    out = []
-    d.addBoth(out.append)
-    assert out, "Deferred has not fired"
-    if hasattr(out[0], "raiseException"):
-        out[0].raiseException()
-    return out[0]
 
 
 def test_add_fires_with_the_contact_once_durable(agenda):

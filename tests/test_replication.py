@@ -5,10 +5,12 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from replication_harness import Harness
+from replication_harness import Harness, result
 from twisted.internet.testing import StringTransport
+from twisted.logger import LogLevel, formatEvent
 
 from twisted_agenda.model import Contact
+from twisted_agenda.node import Unavailable
 from twisted_agenda.peerproto import PeerProtocol
 
 
@@ -365,3 +367,52 @@ def test_a_node_that_joined_by_snapshot_stamps_its_writes_after_it(net):
     net.write("b", "update", "Maria", phone="222-222")
     net.settle()
     assert net.book("a") == net.book("b") == [Contact("Maria", "222-222")]
+
+
+def test_a_wiped_node_gets_its_own_changes_back_before_it_writes(net):
+    net.node("a"), net.node("b")
+    net.connect("a", "b")
+    net.settle()
+    net.write("a", "add", "Ana", "111-111")
+    net.write("a", "add", "Bia", "222-222")
+    net.settle()
+    a = net.wipe("a")  # same --node-id, empty folder: its numbering starts over
+    a.peer_holds("b", dict(net.nodes["b"].durable_vv))  # what b's Hello says
+    with pytest.raises(Unavailable, match="own earlier changes"):
+        result(net.write("a", "add", "Caio", "333-333"))
+    net.connect("a", "b")
+    net.settle()
+    net.write("a", "update", "Ana", email="ana@x.com")
+    net.write("a", "add", "Caio", "333-333")
+    net.settle()
+    assert (
+        net.book("a")
+        == net.book("b")
+        == [
+            Contact("Ana", "111-111", "ana@x.com"),
+            Contact("Bia", "222-222"),
+            Contact("Caio", "333-333"),
+        ]
+    )
+
+
+def test_a_restored_node_names_the_changes_it_wrote_under_reused_numbers(
+    net, caplog_events
+):
+    net.node("a"), net.node("b")
+    net.connect("a", "b")
+    net.settle()
+    for name in ("Ana", "Bia", "Caio"):
+        net.write("a", "add", name, "111-111")
+    net.settle()
+    net.wipe("a")
+    net.write("a", "add", "Duda", "444-444")  # before any peer could warn it
+    net.connect("a", "b")
+    net.settle()
+    said = [e for e in caplog_events if e.get("log_level") == LogLevel.critical]
+    assert [formatEvent(e) for e in said] == [
+        "changes a:1..1 (add Duda) were written here since start under numbers"
+        " that peer b holds for other changes, and will not reach the peers:"
+        " stop this node, empty its data folder, start it with a new --node-id,"
+        " then enter those changes again"
+    ]

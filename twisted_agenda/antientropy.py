@@ -67,7 +67,7 @@ class OutboundStream:
         self._snapshotting = False
         self._held = False  # the peer refused an op; wait for the next Sync
         self._stopped = False
-        self.node.peer_vvs[peer_id] = dict(self.acked)
+        self.node.peer_holds(peer_id, dict(self.acked))
 
     @property
     def behind(self) -> int:
@@ -84,7 +84,7 @@ class OutboundStream:
         """The peer showed it holds ``vv`` (its ack, Sync, or ops it sent us)."""
         self.acked = merged(self.acked, vv)
         self.sent = merged(self.sent, self.acked)
-        self.node.peer_vvs[self.peer_id] = dict(self.acked)
+        self.node.peer_holds(self.peer_id, dict(self.acked))
 
     def resync(self, vv: VersionVector) -> None:
         """A periodic Sync: rewind to what the peer really has and resend."""

@@ -23,7 +23,7 @@ from twisted_agenda import __version__, quoting
 from twisted_agenda.crdt import Change
 from twisted_agenda.journal import JournalUnavailable
 from twisted_agenda.model import Contact, InvalidField
-from twisted_agenda.node import Exists, Node, NotFound
+from twisted_agenda.node import Exists, Node, NotFound, Unavailable
 
 log = Logger()
 
@@ -241,7 +241,7 @@ class AgendaLineProtocol(protocol.Protocol, TimeoutMixin):
             return [f"ERR not-found no contact named {quoting.quote(str(error))}"]
         if isinstance(error, Exists):
             return [f"ERR exists a contact named {quoting.quote(str(error))} exists"]
-        if isinstance(error, JournalUnavailable):
+        if isinstance(error, (JournalUnavailable, Unavailable)):
             return [f"ERR unavailable {error}"]
         log.failure("request failed", failure)
         return ["ERR internal the node failed to handle this request (see its log)"]

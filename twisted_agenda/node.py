@@ -54,6 +54,10 @@ class Exists(ValueError):
     pass
 
 
+class Unavailable(Exception):
+    """The node cannot take writes just now; the message says why."""
+
+
 class Node:
     """One replica of the book with its journal; knows nothing of sockets."""
 
@@ -82,7 +86,10 @@ class Node:
         #: Called (once per reactor turn at most) when new ops became durable.
         self.on_durable: set[Callable[[], None]] = set()
         #: Latest version vector each peer node reported (tombstone GC).
+        #: Set through ``peer_holds``.
         self.peer_vvs: dict[str, VersionVector] = {}
+        #: The highest sequence number of our own origin a peer holds.
+        self.own_history = 0
         #: How many peers this node was configured with (tombstone GC).
         self.expected_peers = 0
         self._reactor = reactor
@@ -112,6 +119,8 @@ class Node:
             self._apply(op)
         self.durable_vv: VersionVector = dict(self.replica.vv)
         self._listing = None
+        #: Our own ops written since start come after this one.
+        self._loaded_seq = self.replica.vv.get(self.node_id, 0)
         for record in self.replica.records.values():
             self.clock.observe(newest_stamp(record))
         return recovered
@@ -194,6 +203,13 @@ class Node:
         if self.journal.failed:
             return defer.fail(JournalUnavailable("journal failed; writes are off"))
         seq = self.replica.vv.get(self.node_id, 0) + 1
+        if seq <= self.own_history:
+            return defer.fail(
+                Unavailable(
+                    f"this node is getting its own earlier changes back from its "
+                    f"peers ({self.own_history - seq + 1} to go); try again shortly"
+                )
+            )
         op = Op.make(self.node_id, seq, self.clock.now(), key, kind, fields)
         change = self._apply(op)
         # The reply describes this write, whatever later writes do meanwhile.
@@ -202,6 +218,49 @@ class Node:
         return d.addCallback(lambda _: contact)
 
     # -- ops from peers ------------------------------------------------------
+
+    def peer_holds(self, peer: str, vv: VersionVector) -> None:
+        """Note what ``peer`` holds, and whether it holds more of us than we do.
+
+        It can: when this data folder is older than the node (restored from
+        a backup, or wiped and restarted with the same --node-id). A new
+        local op would then reuse a sequence number the peer already holds
+        for another change, and the peer would drop it as a duplicate. So
+        local writes wait until the peers have sent our own ops back.
+        """
+        self.peer_vvs[peer] = vv
+        ours = self.replica.vv.get(self.node_id, 0)
+        theirs = vv.get(self.node_id, 0)
+        if theirs <= max(ours, self.own_history):
+            return
+        self.own_history = theirs
+        log.warn(
+            "peer {peer} holds changes of ours up to {node}:{theirs}, but this"
+            " node's data ends at {node}:{ours}: the data folder is older than"
+            " the node (restored from a backup, or wiped and restarted with the"
+            " same --node-id); writes wait until the peers send them back",
+            peer=peer,
+            node=self.node_id,
+            theirs=theirs,
+            ours=ours,
+        )
+        if ours > self._loaded_seq:
+            # Written before any peer could warn us: these numbers collide.
+            lost = self.oplog.missing(
+                {self.node_id: self._loaded_seq}, {self.node_id: ours}
+            )
+            log.critical(
+                "changes {node}:{first}..{last} ({changes}) were written here since"
+                " start under numbers that peer {peer} holds for other changes, and"
+                " will not reach the peers: stop this node, empty its data folder,"
+                " start it with a new --node-id, then enter those changes again",
+                node=self.node_id,
+                first=self._loaded_seq + 1,
+                last=ours,
+                changes=", ".join(_describe(op) for op in lost)
+                or "no longer in memory",
+                peer=peer,
+            )
 
     def receive(self, ops: Iterable[Op]) -> tuple[defer.Deferred, str]:
         """Apply peer ops; the Deferred fires with our durable vv afterwards.
@@ -358,6 +417,14 @@ class Node:
 
     def close(self) -> defer.Deferred:
         return self.journal.close()
+
+
+def _describe(op: Op) -> str:
+    """``add Duda``, ``update Ana``, ``remove Ana``: an op for a person to read."""
+    if op.kind == REMOVE:
+        return f"remove {op.key}"
+    verb = "add" if set(op.fields) == set(FIELDS) else "update"
+    return f"{verb} {op.fields.get('name', op.key)}"
 
 
 def newest_stamp(record: Record) -> int:
