@@ -26,7 +26,8 @@ import subprocess
 import sys
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
@@ -437,6 +438,18 @@ class NodeProcess:
             f"--- stdout/stderr of the latest start ({self.outfile}):\n"
             f"{_read(self.outfile)}"
         )
+
+
+@contextmanager
+def running_node(name: str, run_dir: Path, **kw) -> Iterator[NodeProcess]:
+    """A started, ready node, stopped on the way out (module-wide fixtures)."""
+    node = NodeProcess(name, run_dir, **kw)
+    node.start()
+    try:
+        node.wait_ready()
+        yield node
+    finally:
+        node.stop()
 
 
 def _read(path: Path) -> str:

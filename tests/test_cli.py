@@ -20,7 +20,7 @@ import uuid
 
 import pytest
 import pytest_twisted
-from nodeproc import REPO_ROOT, NodeProcess, free_port
+from nodeproc import REPO_ROOT, NodeProcess, free_port, running_node
 from twisted.internet import reactor
 
 from twisted_agenda.client import cli
@@ -30,13 +30,8 @@ from twisted_agenda.model import Contact
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory):
-    node = NodeProcess("cli", tmp_path_factory.mktemp("cli-node"))
-    node.start()
-    try:
-        node.wait_ready()
+    with running_node("cli", tmp_path_factory.mktemp("cli-node")) as node:
         yield node
-    finally:
-        node.stop()
 
 
 class Result:

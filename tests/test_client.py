@@ -13,7 +13,7 @@ import pytest
 import pytest_twisted
 from hypothesis import given
 from hypothesis import strategies as st
-from nodeproc import NodeProcess, free_port, until
+from nodeproc import NodeProcess, free_port, running_node, until
 from twisted.internet import defer, protocol, reactor
 from twisted.internet.testing import StringTransport
 
@@ -241,13 +241,8 @@ def test_a_peer_that_is_not_an_agenda_node_is_refused():
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory):
-    node = NodeProcess("client", tmp_path_factory.mktemp("client-node"))
-    node.start()
-    try:
-        node.wait_ready()
+    with running_node("client", tmp_path_factory.mktemp("client-node")) as node:
         yield node
-    finally:
-        node.stop()
 
 
 @pytest.fixture
