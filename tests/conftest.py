@@ -12,6 +12,7 @@ is attached to the report.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -170,7 +171,7 @@ class InMemoryAgenda:
                 conn.lose()
         self.conns.clear()
         self.runner.held.clear()
-        self.node.journal._file.close()
+        os.close(self.node.journal._fd)
         assert self.datadir is not None
         self.datadir.close()
 

@@ -184,6 +184,28 @@ def test_no_write_is_accepted_once_the_journal_failed(agenda):
     assert agenda.node.durable_vv == {}
 
 
+@pytest.mark.logs_errors
+def test_a_write_refused_by_the_disk_never_comes_back_after_a_restart(
+    agenda, monkeypatch
+):
+    added = agenda.node.add("Ana", "111")
+    agenda.settle()
+    result(added)
+
+    def disk_full(fd):
+        raise OSError(28, "No space left on device")
+
+    # The bytes reach the file, the flush fails: the write was not durable.
+    monkeypatch.setattr("twisted_agenda.journal.os.fsync", disk_full)
+    d = agenda.node.add("Bia", "222")
+    agenda.settle()
+    with pytest.raises(JournalUnavailable, match="No space left"):
+        result(d)
+    monkeypatch.undo()
+    node = agenda.restart()
+    assert [c.name for c in node.contacts()] == ["Ana"]
+
+
 def test_close_flushes_what_is_pending(agenda):
     d = agenda.node.add("Maria", "123")
     closed = agenda.node.close()

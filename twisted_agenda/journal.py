@@ -155,7 +155,7 @@ class Journal:
         self._run_blocking = run_blocking
         self._snapshot = snapshot
         created = not os.path.exists(datadir.journal)
-        self._file = open(datadir.journal, "ab")  # noqa: SIM115 - lives long
+        self._open_journal()
         if created:
             # A new file's name must be durable too, or the first acknowledged
             # ops could vanish with it.
@@ -244,11 +244,26 @@ class Journal:
         d = self._run_blocking(self._write, batch, snapshot)
         d.addCallbacks(self._written, self._write_failed, (waiters,), None, (waiters,))
 
+    def _open_journal(self) -> None:
+        # Unbuffered: bytes of a failed write must not linger in a buffer
+        # that a later flush or close would still put on disk.
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
+        self._fd = os.open(self._datadir.journal, flags, 0o644)
+        #: The journal's length up to its last durable line.
+        self._durable_size = os.fstat(self._fd).st_size
+
     def _write(self, batch: list[bytes], snapshot) -> None:
         if batch:
-            self._file.write(b"".join(line + b"\n" for line in batch))
-            self._file.flush()
-            os.fsync(self._file.fileno())
+            data = b"".join(line + b"\n" for line in batch)
+            try:
+                written = 0
+                while written < len(data):
+                    written += os.write(self._fd, data[written:])
+                os.fsync(self._fd)
+            except OSError:
+                self._cut_back()
+                raise
+            self._durable_size += len(data)
             self.fsyncs += 1
         if snapshot is not None:
             vv, records = snapshot
@@ -256,12 +271,29 @@ class Journal:
             header = snapshot_header(vv, len(records))
             write_atomically(self._datadir.snapshot, [header, *lines])
             # The snapshot holds every journaled op now: start a new journal.
-            self._file.close()
+            os.close(self._fd)
             with open(self._datadir.journal + ".tmp", "wb") as f:
                 os.fsync(f.fileno())
             os.replace(self._datadir.journal + ".tmp", self._datadir.journal)
             fsync_dir(self._datadir.path)
-            self._file = open(self._datadir.journal, "ab")  # noqa: SIM115
+            self._open_journal()
+
+    def _cut_back(self) -> None:
+        """After a failed write: drop whatever part of it reached the file.
+
+        Those ops were never acknowledged; a restart must not bring them back.
+        """
+        try:
+            os.ftruncate(self._fd, self._durable_size)
+            os.fsync(self._fd)
+        except OSError as e:
+            log.error(
+                "could not cut {path} back to its last durable line ({size} bytes):"
+                " {error}; a restart may drop or replay the failed write's ops",
+                path=self._datadir.journal,
+                size=self._durable_size,
+                error=e,
+            )
 
     def _written(self, _: None, waiters: list[defer.Deferred]) -> None:
         self._busy = self._snapshot_in_flight = False
@@ -287,7 +319,7 @@ class Journal:
         d = defer.succeed(None) if idle else self._wait()
 
         def closed(result):
-            self._file.close()
+            os.close(self._fd)
             return result
 
         return d.addBoth(closed)
