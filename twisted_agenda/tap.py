@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import os
 
 from twisted.application import internet, service
@@ -10,6 +9,7 @@ from twisted.internet.error import CannotListenError
 from twisted.python import usage
 
 from twisted_agenda.cluster import DEFAULT_CLUSTER, Cluster
+from twisted_agenda.collector import Collector
 from twisted_agenda.datadir import NODE_ID, DataDir, DataDirError
 from twisted_agenda.journal import JournalCorrupt, thread_runner
 from twisted_agenda.lineproto import (
@@ -213,12 +213,9 @@ def makeService(config: Options) -> AgendaService:
         datadir.close()
         raise SystemExit(f"twistd agenda: {e}") from None
     node.clock.max_offset = config["max-clock-offset"]
-    # The book lives as long as the process: keep the collector from
-    # rescanning it (a full collection walks every object) all the time.
-    gc.freeze()
-    gc.set_threshold(50_000, 50, 100)
 
     top = AgendaService(node, datadir, pool)
+    Collector(reactor).setServiceParent(top)
     cluster = Cluster(
         node,
         config["peers"],
