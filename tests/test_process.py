@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
+import subprocess
+import sys
 import threading
 
 import pytest
-from nodeproc import HOST, LineClient, NodeExited, wait_for
+from nodeproc import (
+    HOST,
+    REPO_ROOT,
+    TWISTD,
+    LineClient,
+    NodeExited,
+    free_port,
+    wait_for,
+)
 
 from twisted_agenda.model import Contact
 
@@ -138,6 +149,33 @@ def test_a_client_port_in_use_stops_the_node_with_one_line(spawn_node):
     ]
     assert message in output
     assert "Traceback" not in output
+
+
+def test_a_port_in_use_stops_a_daemonized_node_in_the_foreground(tmp_path):
+    """Without -n (as tap-configs/cluster.sh runs it): a message, never a hang."""
+    pidfile = tmp_path / "a.pid"
+    with _listening_socket() as taken:
+        port = taken.getsockname()[1]
+        command = [
+            sys.executable, "-c", TWISTD, "--pidfile", str(pidfile),
+            "--logfile", str(tmp_path / "a.log"), "agenda", "--host", HOST,
+            "--port", str(port), "--sync-port", str(free_port()),
+            "--data-dir", str(tmp_path / "data"),
+        ]  # fmt: skip
+        try:
+            done = subprocess.run(
+                command, capture_output=True, text=True, timeout=60, cwd=tmp_path,
+                env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+            )  # fmt: skip
+        finally:
+            if pidfile.exists():  # a daemon that did start: stop it
+                os.kill(int(pidfile.read_text()), signal.SIGKILL)
+    assert done.returncode != 0
+    message = f"twistd agenda: cannot listen on {HOST}:{port}: Address already in use"
+    assert message in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not pidfile.exists()
+    assert not (tmp_path / "data").exists()
 
 
 def test_wait_ready_reports_a_node_that_exits(spawn_node):

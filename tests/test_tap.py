@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import os
+import socket
 
 import pytest
-from twisted.application import internet
 from twisted.application.service import IServiceMaker
 from twisted.plugin import getPlugins
 from twisted.python import usage
@@ -14,6 +14,8 @@ from twisted_agenda import tap
 from twisted_agenda.crdt import Op
 from twisted_agenda.datadir import DataDir
 from twisted_agenda.lineproto import AgendaLineFactory
+from twisted_agenda.listening import BoundPort
+from twisted_agenda.peerproto import PeerServerFactory
 
 
 def parse(*args: str) -> tap.Options:
@@ -127,6 +129,11 @@ def test_each_options_object_has_its_own_peers():
         (["--idle-timeout", "soon"], "--idle-timeout must be a positive number"),
         (["--max-clock-offset", "-5"], "--max-clock-offset must be a positive"),
         (["--sync-interval", "0"], "--sync-interval must be a positive number"),
+        (["--sync-interval", "1e-9"], "--sync-interval must be a positive number"),
+        (["--idle-timeout", "inf"], "--idle-timeout must be a positive number"),
+        (["--host", ""], "--host must name an interface"),
+        (["--host", "999.1.1.1"], "--host: '999.1.1.1' is not an interface"),
+        (["--peers", "host with space:9000"], "--peers: 'host with space:9000' is"),
         (["--compact-min-ops", "0"], "--compact-min-ops must be a positive whole"),
         (["--compact-min-ops", "1.5"], "--compact-min-ops must be a positive"),
         (["--compact-min-ops", "-3"], "--compact-min-ops must be a positive"),
@@ -153,12 +160,30 @@ def test_the_plugin_is_found():
 # -- makeService --------------------------------------------------------------
 
 
+def free_ports(n: int = 2) -> list[str]:
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [str(s.getsockname()[1]) for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def ports() -> list[str]:
+    """``--port`` and ``--sync-port`` options on free ports (makeService binds)."""
+    port, sync_port = free_ports()
+    return ["--port", port, "--sync-port", sync_port]
+
+
 def test_make_service_wires_both_ports(tmp_path):
+    port, sync_port = free_ports()
     options = parse(
         "--port",
-        "7010",
+        port,
         "--sync-port",
-        "7005",
+        sync_port,
         "--host",
         "127.0.0.1",
         "--data-dir",
@@ -170,14 +195,18 @@ def test_make_service_wires_both_ports(tmp_path):
     )
     top = tap.makeService(options)
     try:
-        servers = {s.args[0]: s for s in top if isinstance(s, internet.TCPServer)}
-        assert set(servers) == {7010, 7005}
-        assert all(s.kwargs["interface"] == "127.0.0.1" for s in servers.values())
-        clients = servers[7010].args[1]
+        bound = [s for s in top if isinstance(s, BoundPort)]
+        servers = {str(s.socket.getsockname()[1]): s.factory for s in bound}
+        assert set(servers) == {port, sync_port}
+        assert {s.socket.getsockname()[0] for s in bound} == {"127.0.0.1"}
+        assert isinstance(servers[sync_port], PeerServerFactory)
+        clients = servers[port]
         assert isinstance(clients, AgendaLineFactory)
         assert clients.idle_timeout == 42
         assert top.node.node_id == "a1"
     finally:
+        for s in bound:
+            s.socket.close()
         top.node.close()
         top._datadir.close()
     assert DataDir(str(tmp_path / "data")).node_id() == "a1"
@@ -188,7 +217,7 @@ def test_make_service_refuses_a_folder_in_use(tmp_path):
     holder.open()
     try:
         with pytest.raises(SystemExit) as caught:
-            tap.makeService(parse("--data-dir", str(tmp_path / "data")))
+            tap.makeService(parse(*ports(), "--data-dir", str(tmp_path / "data")))
         assert str(caught.value) == (
             f"twistd agenda: data folder {holder.path} is in use by another "
             f"agenda node (pid {os.getpid()})"
@@ -203,7 +232,7 @@ def test_make_service_refuses_another_nodes_folder(tmp_path):
     folder.node_id("a1")
     folder.close()
     with pytest.raises(SystemExit, match="belongs to node 'a1', not 'b2'"):
-        tap.makeService(parse("--data-dir", folder.path, "--node-id", "b2"))
+        tap.makeService(parse(*ports(), "--data-dir", folder.path, "--node-id", "b2"))
     # The lock was let go: the folder is usable again.
     folder.open()
     folder.close()
@@ -216,9 +245,34 @@ def test_make_service_refuses_a_corrupt_journal(tmp_path):
     with open(folder.journal, "wb") as f:
         f.write(good + b"\n{oops\n" + good + b"\n")
     with pytest.raises(SystemExit) as caught:
-        tap.makeService(parse("--data-dir", folder.path))
+        tap.makeService(parse(*ports(), "--data-dir", folder.path))
     assert str(caught.value).startswith(
         f"twistd agenda: {folder.journal} line 2: not an op"
     )
     folder.open()
     folder.close()
+
+
+def test_make_service_refuses_a_port_in_use_before_touching_the_folder(tmp_path):
+    port, sync_port = free_ports()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", int(port)))
+        taken.listen()
+        with pytest.raises(SystemExit) as caught:
+            tap.makeService(
+                parse(
+                    "--port",
+                    port,
+                    "--sync-port",
+                    sync_port,
+                    "--data-dir",
+                    str(tmp_path / "data"),
+                )
+            )
+    assert str(caught.value) == (
+        f"twistd agenda: cannot listen on 127.0.0.1:{port}: Address already in use"
+    )
+    assert not (tmp_path / "data").exists()
+    # The sync port it had bound already was let go.
+    with socket.socket() as again:
+        again.bind(("127.0.0.1", int(sync_port)))

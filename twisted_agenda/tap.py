@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import os
 
-from twisted.application import internet, service
-from twisted.internet.error import CannotListenError
+from twisted.application import service
 from twisted.python import usage
 
 from twisted_agenda.cluster import DEFAULT_CLUSTER, Cluster
@@ -17,6 +17,7 @@ from twisted_agenda.lineproto import (
     AgendaLineFactory,
     basic_status,
 )
+from twisted_agenda.listening import BoundPort, CannotBind, bind, resolve_interface
 from twisted_agenda.node import Node
 from twisted_agenda.peerproto import PeerServerFactory
 from twisted_agenda.phone import check_region
@@ -35,14 +36,18 @@ def _port(option: str):
     return coerce
 
 
-def _seconds(option: str, allow_zero: bool = False):
+def _seconds(option: str, minimum: float = 0.001):
     def coerce(value: str) -> float:
         try:
             seconds = float(value)
         except ValueError:
-            seconds = -1.0
-        if seconds < 0 or (seconds == 0 and not allow_zero) or seconds != seconds:
-            raise ValueError(f"--{option} must be a positive number of seconds")
+            seconds = math.nan
+        # (not math.isfinite: nan and inf are refused too)
+        if not minimum <= seconds < math.inf:
+            raise ValueError(
+                f"--{option} must be a positive number of seconds"
+                f" (at least {minimum:g}, finite)"
+            )
         return seconds
 
     return coerce
@@ -72,7 +77,8 @@ def parse_peer(text: str) -> tuple[str, int]:
     """``host:port`` (``[v6]:port`` too) -> (host, port); ValueError if not."""
     host, sep, port = text.strip().rpartition(":")
     host = host.removeprefix("[").removesuffix("]")
-    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+    bad_host = not host or any(c.isspace() for c in host)
+    if not sep or bad_host or not port.isdigit() or not 1 <= int(port) <= 65535:
         raise ValueError(f"--peers: {text.strip()!r} is not host:port")
     return host, int(port)
 
@@ -114,7 +120,7 @@ class Options(usage.Options):
             None,
             5.0,
             "Seconds between anti-entropy rounds with each peer.",
-            _seconds("sync-interval"),
+            _seconds("sync-interval", minimum=0.1),
         ],
         [
             "default-region",
@@ -156,6 +162,12 @@ class Options(usage.Options):
             )
         if not self["data-dir"].strip():
             raise usage.UsageError("--data-dir must not be empty")
+        if not self["host"].strip():
+            raise usage.UsageError("--host must name an interface (0.0.0.0: all)")
+        try:
+            resolve_interface(self["host"])
+        except ValueError as e:
+            raise usage.UsageError(f"--host: {e}") from None
 
 
 class AgendaService(service.MultiService):
@@ -166,18 +178,6 @@ class AgendaService(service.MultiService):
         self.node = node
         self._datadir = datadir
         self._pool = pool
-
-    def privilegedStartService(self) -> None:
-        # twistd binds ports here, before the reactor runs: a port in use
-        # must stop the start with one clear line, not a traceback.
-        try:
-            super().privilegedStartService()
-        except CannotListenError as e:
-            reason = getattr(e.socketError, "strerror", None) or e.socketError
-            raise SystemExit(
-                f"twistd agenda: cannot listen on {e.interface or '*'}:{e.port}: "
-                f"{reason}"
-            ) from None
 
     def startService(self) -> None:
         self._datadir.write_pid(os.getpid())
@@ -196,6 +196,18 @@ class AgendaService(service.MultiService):
 def makeService(config: Options) -> AgendaService:
     from twisted.internet import reactor
 
+    # Ports first: a taken one stops the start here, in the foreground, with
+    # one clear line and nothing left on disk (listening.py says why).
+    sockets = []
+    try:
+        for option in ("sync-port", "port"):
+            sockets.append(bind(config["host"], config[option]))
+    except CannotBind as e:
+        for sock in sockets:
+            sock.close()
+        raise SystemExit(f"twistd agenda: {e}") from None
+    sync_socket, client_socket = sockets
+
     datadir = DataDir(config["data-dir"])
     try:
         datadir.open()
@@ -211,6 +223,8 @@ def makeService(config: Options) -> AgendaService:
         )
     except (DataDirError, JournalCorrupt) as e:
         datadir.close()
+        for sock in sockets:
+            sock.close()
         raise SystemExit(f"twistd agenda: {e}") from None
     node.clock.max_offset = config["max-clock-offset"]
 
@@ -223,17 +237,12 @@ def makeService(config: Options) -> AgendaService:
         sync_interval=config["sync-interval"],
         reactor=reactor,
     )
-    sync_port = internet.TCPServer(
-        config["sync-port"], PeerServerFactory(cluster), interface=config["host"]
-    )
-    sync_port.setServiceParent(top)
+    BoundPort(sync_socket, PeerServerFactory(cluster), reactor).setServiceParent(top)
     cluster.setServiceParent(top)
     clients = AgendaLineFactory(
         node,
         idle_timeout=config["idle-timeout"],
         status=lambda: basic_status(node) + cluster.status_lines(),
     )
-    internet.TCPServer(
-        config["port"], clients, interface=config["host"]
-    ).setServiceParent(top)
+    BoundPort(client_socket, clients, reactor).setServiceParent(top)
     return top
