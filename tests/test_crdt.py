@@ -112,6 +112,17 @@ def test_duplicate_and_gap_are_recognised():
     assert replica.get("ana") == Contact("Ana", "111")
 
 
+def test_an_edit_that_comes_before_its_add_shows_under_its_key():
+    # n2 edited Ana after n1's add reached it; n3 gets n2's edit first.
+    replica = Replica()
+    edit = Op.make("n2", 1, 20, "ana lima", PUT, {"email": "ana@x.com"})
+    replica.apply(edit)
+    assert replica.get("ana lima") == Contact("ana lima", "", "ana@x.com")
+    add = Op.make("n1", 1, 10, "ana lima", PUT, {"name": "Ana Lima", "phone": "111"})
+    replica.apply(add)
+    assert replica.get("ana lima") == Contact("Ana Lima", "111", "ana@x.com")
+
+
 def test_version_vector_helpers():
     assert merged({"a": 1, "b": 5}, {"a": 3}) == {"a": 3, "b": 5}
     assert dominates({"a": 3, "b": 1}, {"a": 2})

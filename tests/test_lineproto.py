@@ -113,6 +113,13 @@ def test_a_line_of_exactly_16k_is_served(book):
     assert book.request(request) == ["OK 0"]
 
 
+def test_a_line_of_exactly_16k_from_telnet_is_served(book):
+    request = "FIND " + "x" * (MAX_LINE - len("FIND "))
+    book.send(request[:9000])  # in two reads, the \r with the second
+    book.send(request[9000:] + "\r\n")
+    assert book.lines() == ["OK 0"]
+
+
 def test_a_long_line_in_many_chunks_gets_one_error(book):
     chunk = b"y" * 1000
     book.send(b"FIND ")
@@ -493,6 +500,15 @@ def test_unknown_command(conn, verb):
 def test_unknown_command_is_quoted(conn):
     assert conn.request('"two words" x') == [
         'ERR unknown-command unknown command "TWO WORDS"; try HELP'
+    ]
+
+
+def test_control_characters_a_client_sent_are_never_echoed(conn):
+    assert conn.request("\x1b[2J x") == [
+        'ERR unknown-command unknown command "\\\\x1b[2J"; try HELP'
+    ]
+    assert conn.request('GET "a\x1b[2Jb"') == [
+        "ERR bad-request name must not contain control characters"
     ]
 
 

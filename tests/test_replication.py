@@ -279,6 +279,24 @@ def test_future_stamp_waits_until_our_clock_catches_up(net):
     assert [c.name for c in net.book("a")] == ["From the future"]
 
 
+def test_a_refused_stamp_holds_back_only_its_own_origin(net):
+    net.node("a")
+    net.node("b", skew=600.0)  # b's clock is ten minutes fast
+    net.node("c")
+    net.nodes["a"].clock.max_offset = 60.0
+    net.connect("a", "b"), net.connect("c", "b")  # a chain: a - b - c
+    net.settle()
+    for i in range(300):  # more than one page of b's ops, all refused by a
+        net.write("b", "add", f"From the future {i:03d} " + "x" * 150, "555-0000")
+    net.write("c", "add", "Honest", "555-0001")
+    net.settle()
+    net.sync()
+    assert [c.name for c in net.book("a")] == ["Honest"], "relayed past b's ops"
+    net.clock.advance(600)
+    net.sync()
+    assert len(net.book("a")) == 301
+
+
 def test_tombstones_go_once_every_peer_has_them(net):
     names = "abc"
     for name in names:

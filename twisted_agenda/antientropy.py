@@ -19,6 +19,8 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from twisted_agenda.crdt import Op, VersionVector, merged
+from twisted_agenda.hlc import ClockSkew
+from twisted_agenda.journal import JournalUnavailable
 from twisted_agenda.node import Node
 
 log = Logger()
@@ -65,7 +67,10 @@ class OutboundStream:
         self._on_broken = on_broken
         self._in_flight = 0
         self._snapshotting = False
-        self._held = False  # the peer refused an op; wait for the next Sync
+        #: Origins whose next op the peer refused (clock skew): they wait for
+        #: the next Sync, the other origins go on.
+        self._held: set[str] = set()
+        self._snapshot_held = False  # the peer refused our snapshot: same
         self._stopped = False
         self.node.peer_holds(peer_id, dict(self.acked))
 
@@ -90,32 +95,37 @@ class OutboundStream:
         """A periodic Sync: rewind to what the peer really has and resend."""
         self.peer_has(vv)
         if self._in_flight == 0 and not self._snapshotting:
-            # Anything sent but not acked (dropped as a gap, refused for
-            # clock skew) goes again.
+            # Anything sent but not acked goes again.
             self.sent = dict(self.acked)
-        self._held = False
+        self._held.clear()
+        self._snapshot_held = False
         self.pump()
 
     def pump(self) -> None:
         """Send whatever durable ops the peer lacks, a page at a time."""
         while (
-            not (self._stopped or self._snapshotting or self._held)
+            not (self._stopped or self._snapshotting)
             and self._in_flight < MAX_IN_FLIGHT
         ):
             if self.node.oplog.lacks_history(self.sent):
-                self._start_snapshot()
+                if not self._snapshot_held:
+                    self._start_snapshot()
                 return
             page = self._next_page()
             if not page:
                 return
             self._in_flight += 1
+            top = {op.origin: op.seq for op in page}  # seqs rise per origin
             d = self._send_ops(b"\n".join(op.line for op in page))
-            d.addCallbacks(self._ops_acked, self._failed)
+            d.addCallbacks(self._ops_acked, self._failed, (top,))
 
     def _next_page(self) -> list[Op]:
         page: list[Op] = []
         size = 0
-        for op in self.node.oplog.missing(self.sent, self.node.durable_vv):
+        upto = self.node.durable_vv
+        if self._held:
+            upto = {o: s for o, s in upto.items() if o not in self._held}
+        for op in self.node.oplog.missing(self.sent, upto):
             if page and size + len(op.line) + 1 > PAGE_BYTES:
                 break
             page.append(op)
@@ -123,17 +133,23 @@ class OutboundStream:
             self.sent[op.origin] = op.seq
         return page
 
-    def _ops_acked(self, response: dict) -> None:
+    def _ops_acked(self, response: dict, top: VersionVector) -> None:
         self._in_flight -= 1
         self.peer_has(response["vv"])
+        # Origins whose ops in this page the peer did not keep: it refused
+        # one, or dropped them as a gap (it lacked an earlier op, say from a
+        # page another peer had not finished sending it yet).
+        short = [o for o, seq in top.items() if self.acked.get(o, 0) < seq]
         if response["refused"]:
             log.warn(
                 "peer {peer} refused ops: {reason}; retrying at the next sync",
                 peer=self.peer_id,
                 reason=response["refused"],
             )
-            self._held = True
-            return
+            self._held.update(short)
+        else:
+            for origin in short:
+                self.sent[origin] = min(self.sent[origin], self.acked.get(origin, 0))
         self.pump()
 
     def _failed(self, failure) -> None:
@@ -183,5 +199,14 @@ class OutboundStream:
 
     def _snapshot_failed(self, failure) -> None:
         self._snapshotting = False
-        if not self._stopped:
-            self._on_broken(failure)
+        if self._stopped:
+            return
+        if failure.check(ClockSkew, JournalUnavailable):
+            log.warn(
+                "peer {peer} refused our snapshot: {reason}; retrying at the next sync",
+                peer=self.peer_id,
+                reason=failure.getErrorMessage(),
+            )
+            self._snapshot_held = True
+            return
+        self._on_broken(failure)

@@ -123,6 +123,8 @@ class Record:
     tomb: tuple[int, str, int] | None = None
     # What contact() returns, until the next put or remove; False = unknown.
     _shown: bool | Contact | None = field(default=False, eq=False, repr=False)
+    #: The book's key for this record: its name until a name register comes.
+    key: str = field(default="", eq=False, kw_only=True)
 
     def _tomb_stamp(self) -> Stamp | None:
         return None if self.tomb is None else (self.tomb[0], self.tomb[1])
@@ -142,8 +144,10 @@ class Record:
         if not live:
             return None
         # The display name is identity, not data: a contact brought back by a
-        # later edit keeps its last known spelling.
-        name = self.registers["name"][0] if "name" in self.registers else ""
+        # later edit keeps its last known spelling. An edit can also arrive
+        # before the add it follows (relayed by another node): until the add
+        # comes, the key (the folded name) stands in, so it can be found.
+        name = self.registers["name"][0] if "name" in self.registers else self.key
         return Contact(
             name=name,
             phone=live.get("phone", ""),
@@ -228,7 +232,7 @@ class Replica:
     def _change(self, key: str, mutate) -> Change | None:
         record = self.records.get(key)
         if record is None:
-            record = self.records[key] = Record()
+            record = self.records[key] = Record(key=key)
         before = record.contact()
         mutate(record)
         after = record.contact()

@@ -158,11 +158,11 @@ class AgendaLineProtocol(protocol.Protocol, TimeoutMixin):
                 # The tail of a line that was already answered with too-long.
                 self._discarding = False
                 continue
-            if len(line) > MAX_LINE:
+            if len(line) > MAX_LINE + line.endswith(b"\r"):
                 self._reply(too_long())
                 continue
             self._line(line.removesuffix(b"\r"))
-        if len(self._buffer) > MAX_LINE and not self._closing:
+        if len(self._buffer) > MAX_LINE + 1 and not self._closing:  # (+ "\r")
             self._buffer = b""
             if not self._discarding:
                 self._discarding = True
@@ -218,7 +218,7 @@ class AgendaLineProtocol(protocol.Protocol, TimeoutMixin):
         handler: Callable | None = getattr(self, f"do_{verb}", None)
         if handler is None:
             return [
-                f"ERR unknown-command unknown command {quoting.quote(verb)}; try HELP"
+                f"ERR unknown-command unknown command {quoting.shown(verb)}; try HELP"
             ]
         try:
             result = handler(args)

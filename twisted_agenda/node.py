@@ -36,6 +36,7 @@ from twisted_agenda.model import (
     FIELDS,
     Contact,
     clean_fields,
+    clean_name,
     contact_key,
     fold,
     matches,
@@ -146,7 +147,7 @@ class Node:
     # -- reads ---------------------------------------------------------------
 
     def get(self, name: str) -> Contact:
-        contact = self.replica.get(contact_key(name))
+        contact = self.replica.get(lookup_key(name))
         if contact is None:
             raise NotFound(name)
         return contact
@@ -184,7 +185,7 @@ class Node:
 
     def update(self, name: str, **changes: str) -> defer.Deferred:
         fields = self._clean(changes)
-        key = contact_key(name)
+        key = lookup_key(name)
         current = self.replica.get(key)
         if current is None:
             raise NotFound(name)
@@ -194,7 +195,7 @@ class Node:
         return self._write(key, PUT, changed)
 
     def remove(self, name: str) -> defer.Deferred:
-        key = contact_key(name)
+        key = lookup_key(name)
         if self.replica.get(key) is None:
             raise NotFound(name)
         return self._write(key, REMOVE, {})
@@ -268,16 +269,25 @@ class Node:
         Returns a refusal reason too ("" if none): ops stamped too far in the
         future stop the batch there and wait until our clock catches up.
         """
+        if self.journal.failed:
+            # Nothing may change in memory that could not become durable.
+            return defer.fail(JournalUnavailable("journal failed; writes are off")), ""
         applied: list[Op] = []
         changes: list[Change] = []
         refused = ""
+        held: set[str] = set()
         for op in ops:
+            if op.origin in held:
+                continue  # its later ops would only be gaps now
             try:
                 self.clock.check(op.hlc)
             except ClockSkew as e:
-                refused = f"op {op.origin}:{op.seq} refused: {e}"
-                log.warn("{reason}", reason=refused)
-                break
+                # Only this origin waits; ops relayed from others go on.
+                held.add(op.origin)
+                reason = f"op {op.origin}:{op.seq} refused: {e}"
+                log.warn("{reason}", reason=reason)
+                refused = refused or reason
+                continue
             have = self.replica.vv.get(op.origin, 0)
             change = self._apply(op)
             if self.replica.vv.get(op.origin, 0) != have:
@@ -286,17 +296,33 @@ class Node:
                 if change is not None:
                     changes.append(change)
         if not applied:
-            return defer.succeed(dict(self.durable_vv)), refused
+            # Duplicates may still be on their way to disk (sent by another
+            # peer a moment ago): answer once they are, so the vv shows them.
+            d = self.journal.barrier()
+            return d.addCallback(lambda _: dict(self.durable_vv)), refused
         d = self._journal(applied, changes)
         return d.addCallback(lambda _: dict(self.durable_vv)), refused
 
     def merge_snapshot(
         self, vv: VersionVector, records: Iterable[tuple[str, Record]]
     ) -> defer.Deferred:
-        """Join a peer's whole book; fires once our own snapshot holds it."""
+        """Join a peer's whole book; fires once our own snapshot holds it.
+
+        Refused whole (ClockSkew) if a record is stamped too far in our
+        future, as such an op would be: the peer sends it again later.
+        """
+        if self.journal.failed:
+            return defer.fail(JournalUnavailable("journal failed; writes are off"))
+        records = list(records)
+        for key, record in records:
+            try:
+                self.clock.check(newest_stamp(record))
+            except ClockSkew as e:
+                log.warn("snapshot refused: record {key!r}: {error}", key=key, error=e)
+                return defer.fail(ClockSkew(f"snapshot record {key!r}: {e}"))
         changes = []
         for key, record in records:
-            self._observe_record(record)
+            self.clock.observe(newest_stamp(record))
             change = self.replica.merge_record(key, record)
             if change is not None:
                 changes.append(change)
@@ -320,15 +346,6 @@ class Node:
         return d.addCallback(durable)
 
     # -- internals -----------------------------------------------------------
-
-    def _observe_record(self, record: Record) -> None:
-        """Our next writes must be stamped after what the record holds."""
-        newest = newest_stamp(record)
-        try:
-            self.clock.check(newest)
-        except ClockSkew:
-            return  # a wrong clock's stamp must not drag ours along
-        self.clock.observe(newest)
 
     def _apply(self, op: Op) -> Change | None:
         status, change = self.replica.apply(op)
@@ -417,6 +434,11 @@ class Node:
 
     def close(self) -> defer.Deferred:
         return self.journal.close()
+
+
+def lookup_key(name: str) -> str:
+    """The key of a name a client asks for; InvalidField if no name could be it."""
+    return contact_key(clean_name(name))
 
 
 def _describe(op: Op) -> str:

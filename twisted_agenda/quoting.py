@@ -32,6 +32,15 @@ def quote(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def shown(value: str) -> str:
+    """``quote``, with control characters escaped: for echoing what a client
+    sent in an error, so that no escape sequence reaches its terminal."""
+    return quote(_CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", value))
+
+
 def join(values) -> str:
     return " ".join(quote(v) for v in values)
 
