@@ -193,6 +193,7 @@ def test_a_torn_last_line_is_dropped_and_cut_off(datadir, tail):
     assert recovered.ops == [op(1), op(2), op(3)]
     assert recovered.dropped_tail
     assert read(datadir.journal) == good
+    assert read(datadir.journal + ".torn") == tail.removesuffix(b"\n")
 
 
 def test_later_appends_after_a_torn_tail_are_clean(agenda):
@@ -500,3 +501,13 @@ def test_removals_survive_restart(agenda):
     agenda.settle()
     assert agenda.restart().contacts() == []
     assert recover(agenda.datadir).ops[-1].kind == REMOVE
+
+
+def test_journal_ops_after_a_gap_wait_for_a_peer(agenda):
+    agenda.close()
+    # As a crash during a snapshot merge leaves it: b:5 follows b:1-4, which
+    # were in the snapshot that never reached the disk.
+    write_journal(agenda.datadir, lines(op(1), op(5, "b5", origin="b1")))
+    node = agenda.open()
+    assert [c.name for c in node.contacts()] == ["c1"]
+    assert node.replica.vv == {"a1": 1}

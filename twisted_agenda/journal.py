@@ -76,12 +76,19 @@ def recover(datadir: DataDir) -> Recovered:
             break
         offset += len(line) + 1
     if tail:
+        # Kept aside, not destroyed: a whole last line that does not parse is
+        # most likely a write the crash cut short, but a person may look.
+        kept = datadir.journal + ".torn"
+        with open(kept, "wb") as f:
+            f.write(tail)
+            os.fsync(f.fileno())
         log.warn(
             "{path} line {lineno}: dropping a torn last line ({size} bytes)"
-            " left by a crash",
+            " left by a crash; its bytes are in {kept}",
             path=datadir.journal,
             lineno=len(out.ops) + 1,
             size=len(tail),
+            kept=kept,
         )
         out.dropped_tail = True
         with open(datadir.journal, "r+b") as f:

@@ -116,8 +116,19 @@ class Node:
             self.replica.merge_record(key, record)
         self.replica.vv = dict(recovered.snapshot_vv)
         self.oplog = OpLog(recovered.snapshot_vv)
+        waiting = 0
         for op in recovered.ops:
             self._apply(op)
+            waiting += op.seq > self.replica.vv.get(op.origin, 0)
+        if waiting:
+            # Only a crash during a snapshot merge leaves these: the ops came
+            # after the merged snapshot, which never reached the disk.
+            log.warn(
+                "{path}: {waiting} journal ops follow ops this folder lacks;"
+                " they wait until a peer sends what comes before them",
+                path=self._datadir.journal,
+                waiting=waiting,
+            )
         self.durable_vv: VersionVector = dict(self.replica.vv)
         self._listing = None
         #: Our own ops written since start come after this one.
