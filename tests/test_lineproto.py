@@ -426,6 +426,7 @@ def test_find_ignores_case_and_accents_and_matches_phone_digits(book, query, fou
 
 def test_find_needs_text(book):
     assert book.request("FIND") == ["ERR bad-request usage: FIND <text>"]
+    assert book.request('FIND "  "') == ["ERR bad-request usage: FIND <text>"]
 
 
 # -- HELP, QUIT, STATUS, unknown ----------------------------------------------

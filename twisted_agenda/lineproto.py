@@ -288,9 +288,10 @@ class AgendaLineProtocol(protocol.Protocol, TimeoutMixin):
         return self._contact_lines(self.node.contacts())
 
     def do_FIND(self, args: list[str]) -> list[str]:
-        if not args:
+        text = " ".join(args)
+        if not text.strip():  # FIND "" would be LIST
             raise RequestError("bad-request", "usage: FIND <text>")
-        return self._contact_lines(self.node.find(" ".join(args)))
+        return self._contact_lines(self.node.find(text))
 
     def do_WATCH(self, args: list[str]) -> list[str]:
         if not self._watching:
