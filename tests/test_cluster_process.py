@@ -130,3 +130,30 @@ def test_a_wiped_node_with_its_old_id_gets_its_own_changes_back(cluster):
         Contact("Bia", "222-2222"),
     ]
     wait_for(lambda: converged(cluster.values(), expected), timeout=10)
+
+
+def test_the_node_that_lost_the_tie_redials_when_the_winner_dies(spawn_node):
+    """Real connectors: the dialer whose first attempt succeeded (so Twisted
+    never handed its factory the connector) must still redial."""
+    n1_sync, n2_sync = free_port(), free_port()
+    n1 = spawn_node(
+        "n1", node_id="n1", sync_port=n1_sync, peers=[f"127.0.0.1:{n2_sync}"]
+    )
+    n2 = spawn_node(
+        "n2", node_id="n2", sync_port=n2_sync, peers=[f"127.0.0.1:{n1_sync}"]
+    )
+
+    def peers(node):
+        with node.client() as c:
+            return [(p["node"], p["state"]) for p in c.status().peers]
+
+    wait_for(lambda: peers(n2) == [("n1", "connected")], timeout=10)
+    wait_for(lambda: peers(n1) == [("n2", "connected")], timeout=10)
+    n1.crash()
+    wait_for(lambda: peers(n2) == [("n1", "retrying")], timeout=10)
+    n1.peers = []  # back without --peers: only n2 can dial
+    n1.start().wait_ready()
+    with n1.client() as c:
+        c.ok("ADD Zed 123456")
+    wait_for(lambda: [x.name for x in book(n2)] == ["Zed"], timeout=45)
+    assert peers(n2) == [("n1", "connected")]

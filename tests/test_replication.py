@@ -434,3 +434,198 @@ def test_a_restored_node_names_the_changes_it_wrote_under_reused_numbers(
         " stop this node, empty its data folder, start it with a new --node-id,"
         " then enter those changes again"
     ]
+
+
+# -- the handshake: refusals, validation, timeout --------------------------
+
+
+def raw_peer(net, listener: str):
+    """A bare AMP client on ``listener``'s sync port: it says only what the
+    test makes it say."""
+    from replication_harness import join
+    from twisted.protocols import amp
+
+    client = amp.AMP()
+    server = PeerProtocol(net.clusters[listener], dialed=False)
+    net.pumps.append(join(server, client, net.clock))
+    return client, server
+
+
+def hello(net, client, **kw):
+    """Send a Hello (defaults: a valid one from node "z"); its failure or
+    answer once the network settled."""
+    from twisted_agenda import peerproto
+
+    args = {"protocol": 1, "cluster": "agenda", "node": "z", "vv": {}, **kw}
+    out = []
+    client.callRemote(peerproto.Hello, **args).addBoth(out.append)
+    net.settle()
+    return out[0]
+
+
+INJECTION = "evil\r\nOK status\r\nCONTACT Fake 1"
+
+
+@pytest.mark.parametrize(
+    ("hello_args", "code"),
+    [
+        ({"protocol": 99}, "version: "),
+        ({"cluster": "beta"}, "cluster: "),
+        ({"node": INJECTION}, "invalid: "),
+        ({"node": ""}, "invalid: "),
+        ({"node": "-starts-with-a-dash"}, "invalid: "),
+        ({"node": "x" * 65}, "invalid: "),
+        ({"vv": {"not an id!": 1}}, "invalid: "),
+        ({"vv": {"b": -1}}, "invalid: "),
+        ({"vv": {"b": 1.5}}, "invalid: "),
+        ({"vv": [1, 2]}, "invalid: "),
+        ({"node": "a"}, "self: "),
+        ({"node": "b"}, "duplicate: a already has a session with b"),
+    ],
+)
+def test_hello_refusals_start_with_their_code_word(
+    net, caplog_events, hello_args, code
+):
+    from twisted_agenda import peerproto
+
+    net.node("a"), net.node("b")
+    net.connect("b", "a")  # so that "b" is a duplicate
+    net.settle()
+    client, _server = raw_peer(net, "a")
+    failure = hello(net, client, **hello_args)
+    assert failure.check(peerproto.HandshakeRefused)
+    reason = str(failure.value)
+    assert reason.startswith(code), reason
+    assert set(net.clusters["a"].sessions) == {"b"}
+    logged = [formatEvent(e) for e in caplog_events if e.get("reason") == reason]
+    assert logged and logged[0].startswith("refused peer "), "logged on our side"
+    # Whatever the node id, STATUS stays one line per peer.
+    assert "\n" not in "".join(net.clusters["a"].status_lines())
+    assert len(net.clusters["a"].status_lines()) == 1
+
+
+def test_the_refusal_codes_are_the_ones_the_doc_lists():
+    from pathlib import Path
+
+    doc = (Path(__file__).parent.parent / "docs" / "peer-protocol.md").read_text()
+    for code in ("version:", "cluster:", "invalid:", "self:", "duplicate:"):
+        assert f"`{code}`" in doc, code
+
+
+def test_a_listener_answering_with_an_invalid_id_is_dropped(net, caplog_events):
+    net.node("a"), net.node("b")
+    net.nodes["b"].node_id = INJECTION
+    net.connect("a", "b")
+    net.settle()
+    assert net.clusters["a"].sessions == {}
+    assert any(str(e.get("reason", "")).startswith("invalid: ") for e in caplog_events)
+
+
+@pytest.mark.parametrize("sent", [b"", b"\x00\x05Hello", b"\x00\x01\xff" * 50])
+def test_a_connection_that_never_completes_hello_is_closed(net, sent):
+    from twisted_agenda.cluster import Cluster
+
+    net.node("a")
+    client, _server = raw_peer(net, "a")
+    lost = []
+    client.connectionLost = lost.append
+    client.transport.write(sent)
+    net.settle()
+    net.clock.advance(Cluster.hello_timeout - 0.1)
+    net.settle()
+    assert not lost
+    net.clock.advance(0.2)
+    net.settle()
+    assert lost, "closed after the Hello timeout"
+    assert net.clusters["a"].connections == set()
+
+
+def test_a_dialer_whose_hello_is_never_answered_hangs_up(net):
+    net.node("a"), net.node("b")
+    client, _server = net.connect("a", "b")
+    frozen = net.pumps.pop()  # nothing goes through: b never answers
+    net.clock.advance(net.clusters["a"].hello_timeout + 0.1)
+    assert client.transport.disconnecting
+    assert frozen is not None
+
+
+def test_a_session_that_completed_hello_has_no_deadline(net):
+    net.node("a"), net.node("b")
+    net.connect("a", "b")
+    net.settle()
+    net.clock.advance(3600)
+    net.settle()
+    assert "b" in net.clusters["a"].sessions and "a" in net.clusters["b"].sessions
+
+
+# -- a peer whose journal failed --------------------------------------------
+
+
+def fail_journal(node) -> None:
+    node.journal._failure = OSError(28, "No space left on device")
+
+
+def test_a_peer_whose_journal_failed_refuses_ops_and_keeps_the_session(
+    net, caplog_events
+):
+    net.node("a"), net.node("b")
+    net.connect("a", "b")
+    net.settle()
+    fail_journal(net.nodes["b"])
+    pushes = []
+    receive = net.nodes["b"].receive
+
+    def counted(ops):
+        pushes.append(ops)
+        return receive(ops)
+
+    net.nodes["b"].receive = counted
+    net.write("a", "add", "Ana", "111-111")
+    net.settle()
+    assert "b" in net.clusters["a"].sessions and "a" in net.clusters["b"].sessions
+    warned = [formatEvent(e) for e in caplog_events if "refused ops" in formatEvent(e)]
+    assert warned and "unavailable: its journal failed" in warned[0]
+    # a holds its ops for b until the next sync, instead of pushing each one.
+    for name in ("Bia", "Caio"):
+        net.write("a", "add", name, "111-111")
+    net.settle()
+    assert len(pushes) == 1
+    net.nodes["b"].journal._failure = None  # the disk has room again
+    net.sync()
+    assert net.book("b") == net.book("a") and len(net.book("b")) == 3
+
+
+def test_a_peer_that_cannot_store_a_snapshot_keeps_the_session(net):
+    a = net.node("a", compact_min_ops=10, compact_ratio=0.0)
+    for i in range(50):
+        a.add(f"Person {i:04d}", "555-0000")
+        net.clock.advance(0)
+    net.clock.advance(0)
+    assert a.oplog.base.get("a", 0) > 0, "b will need the snapshot"
+    b = net.node("b")
+    fail_journal(b)
+    net.connect("b", "a")
+    net.settle()
+    assert "b" in net.clusters["a"].sessions and "a" in net.clusters["b"].sessions
+    assert net.book("b") == []
+    b.journal._failure = None
+    net.sync()
+    assert net.book("b") == net.book("a") and len(net.book("b")) == 50
+
+
+def test_a_snapshot_from_the_future_is_refused_and_the_session_kept(net):
+    a = net.node("a", skew=600.0, compact_min_ops=10, compact_ratio=0.0)
+    for i in range(50):
+        a.add(f"Person {i:04d}", "555-0000")
+        net.clock.advance(0)
+    net.clock.advance(0)
+    assert a.oplog.base.get("a", 0) > 0
+    b = net.node("b")
+    b.clock.max_offset = 60.0
+    net.connect("b", "a")
+    net.settle()
+    assert "b" in net.clusters["a"].sessions and "a" in net.clusters["b"].sessions
+    assert net.book("b") == []
+    net.clock.advance(600)
+    net.sync()
+    assert len(net.book("b")) == 50

@@ -5,13 +5,18 @@ lists the errors it may raise, so a refused request is answered, not a dropped
 connection. The reference is docs/peer-protocol.md.
 
 - ``Hello`` opens a session: protocol version, cluster name, node id, version
-  vector. Refused for our own id, a node already connected, another cluster or
-  an unknown protocol version.
+  vector. Refused (with a reason starting with a code word: ``version:``,
+  ``cluster:``, ``invalid:``, ``self:``, ``duplicate:``, ``shutdown:``) for an
+  unknown protocol version, another cluster, a malformed node id or vector,
+  our own id, a node already connected, or a node shutting down. A connection
+  that has not completed ``Hello`` within ``HELLO_TIMEOUT`` seconds is closed.
 - ``PushOps`` carries a page of op lines; the answer is the receiver's durable
-  version vector after applying them (and why it refused some, if it did).
+  version vector after applying them (and why it refused some, if it did), or
+  ``UNAVAILABLE`` when the receiver's journal failed.
 - ``Sync`` swaps version vectors on a timer: anti-entropy and heartbeat.
 - ``SnapshotPage`` carries a page of snapshot records when the sender's log
-  no longer reaches back far enough.
+  no longer reaches back far enough (refused with ``UNAVAILABLE`` or
+  ``CLOCK_SKEW``; the sender tries again after the next ``Sync``).
 """
 
 from __future__ import annotations
@@ -19,16 +24,37 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from twisted.internet import protocol
+from twisted.internet import error, protocol
 from twisted.logger import Logger
 from twisted.protocols import amp
 
 from twisted_agenda.antientropy import OutboundStream
 from twisted_agenda.crdt import BadOp, Op, Record
+from twisted_agenda.datadir import NODE_ID
+from twisted_agenda.hlc import ClockSkew
+from twisted_agenda.journal import JournalUnavailable
 
 log = Logger()
 
 PROTOCOL_VERSION = 1
+
+#: Seconds a new peer connection may take to complete ``Hello``.
+HELLO_TIMEOUT = 10.0
+
+
+def valid_node_id(node_id: object) -> bool:
+    """The ``--node-id`` rule, for ids that come from the wire."""
+    return isinstance(node_id, str) and NODE_ID.fullmatch(node_id) is not None
+
+
+def parse_vv(data: bytes) -> dict:
+    """A version vector from JSON; ValueError unless ``{node id: int >= 0}``."""
+    vv = json.loads(data)
+    if not isinstance(vv, dict) or not all(
+        valid_node_id(o) and type(s) is int and s >= 0 for o, s in vv.items()
+    ):
+        raise ValueError("not a version vector of node ids to non-negative ints")
+    return vv
 
 
 class VersionVectorArgument(amp.Argument):
@@ -38,12 +64,26 @@ class VersionVectorArgument(amp.Argument):
         return json.dumps(inObject, separators=(",", ":")).encode()
 
     def fromString(self, inString: bytes) -> dict:
-        vv = json.loads(inString)
-        if not isinstance(vv, dict) or not all(
-            isinstance(o, str) and type(s) is int and s >= 0 for o, s in vv.items()
-        ):
-            raise ValueError("not a version vector")
-        return vv
+        return parse_vv(inString)
+
+
+class InvalidVector:
+    """What ``HelloVersionVector`` hands the responder for a malformed vector."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+class HelloVersionVector(VersionVectorArgument):
+    """Like ``VersionVectorArgument``, but a malformed vector reaches the
+    ``Hello`` responder (as ``InvalidVector``), which refuses it with a reason
+    instead of an anonymous parse error."""
+
+    def fromString(self, inString: bytes) -> dict | InvalidVector:
+        try:
+            return parse_vv(inString)
+        except ValueError as e:  # json.JSONDecodeError is a ValueError
+            return InvalidVector(str(e))
 
 
 class HandshakeRefused(Exception):
@@ -59,6 +99,10 @@ class BadPayload(Exception):
 
 
 _ERRORS = {NotIntroduced: b"NOT_INTRODUCED", BadPayload: b"BAD_PAYLOAD"}
+#: Commands that write to the receiver's journal may find it failed.
+_WRITE_ERRORS = {**_ERRORS, JournalUnavailable: b"UNAVAILABLE"}
+#: A snapshot is refused whole if a record is stamped too far ahead.
+_SNAPSHOT_ERRORS = {**_WRITE_ERRORS, ClockSkew: b"CLOCK_SKEW"}
 
 
 class Hello(amp.Command):
@@ -66,7 +110,7 @@ class Hello(amp.Command):
         (b"protocol", amp.Integer()),
         (b"cluster", amp.Unicode()),
         (b"node", amp.Unicode()),
-        (b"vv", VersionVectorArgument()),
+        (b"vv", HelloVersionVector()),
     ]
     response = [(b"node", amp.Unicode()), (b"vv", VersionVectorArgument())]
     errors = {HandshakeRefused: b"REFUSED"}
@@ -75,7 +119,7 @@ class Hello(amp.Command):
 class PushOps(amp.Command):
     arguments = [(b"ops", amp.String())]
     response = [(b"vv", VersionVectorArgument()), (b"refused", amp.Unicode())]
-    errors = _ERRORS
+    errors = _WRITE_ERRORS
 
 
 class Sync(amp.Command):
@@ -91,7 +135,7 @@ class SnapshotPage(amp.Command):
         (b"vv", VersionVectorArgument()),
     ]
     response = [(b"vv", VersionVectorArgument())]
-    errors = _ERRORS
+    errors = _SNAPSHOT_ERRORS
 
 
 class PeerProtocol(amp.AMP):
@@ -110,11 +154,16 @@ class PeerProtocol(amp.AMP):
         self.last_seen: float | None = None
         self._snapshot_records: list[tuple[str, Record]] = []
         self._greeted_text = False
+        self._hello_timer: Any = None
+        self._first_pump: Any = None
 
     # -- life cycle ------------------------------------------------------------
 
     def connectionMade(self) -> None:
         super().connectionMade()
+        self.hub.opened(self)
+        timeout = getattr(self.hub, "hello_timeout", HELLO_TIMEOUT)
+        self._hello_timer = self.hub.clock.callLater(timeout, self._hello_overdue)
         if self.dialed:
             node = self.hub.node
             d = self.callRemote(
@@ -126,30 +175,63 @@ class PeerProtocol(amp.AMP):
             )
             d.addCallbacks(self._welcomed, self._refused)
 
+    def _hello_overdue(self) -> None:
+        self._hello_timer = None
+        peer = self.transport.getPeer()
+        log.warn(
+            "closing peer connection {direction} {host}:{port}: no Hello within"
+            " {timeout}s",
+            direction="to" if self.dialed else "from",
+            host=getattr(peer, "host", "?"),
+            port=getattr(peer, "port", "?"),
+            timeout=getattr(self.hub, "hello_timeout", HELLO_TIMEOUT),
+        )
+        self.transport.abortConnection()
+
+    def _cancel_timers(self) -> None:
+        for name in ("_hello_timer", "_first_pump"):
+            call = getattr(self, name)
+            if call is not None and call.active():
+                call.cancel()
+            setattr(self, name, None)
+
     def _welcomed(self, response: dict) -> None:
-        reason = self.hub.admit(self, response["node"])
+        peer_id = response["node"]
+        if not valid_node_id(peer_id):
+            reason = f"invalid: the peer's node id {peer_id!r} is not a valid id"
+        else:
+            reason = self.hub.admit(self, peer_id)
         if reason:
             log.warn(
-                "closing session to {peer}: {reason}",
-                peer=response["node"],
+                "closing session to {address}: {reason}",
+                address=self.factory.address,
                 reason=reason,
             )
             self.transport.loseConnection()
             return
-        self._start(response["node"], response["vv"])
+        self._start(peer_id, response["vv"])
 
     def _refused(self, failure) -> None:
         if failure.check(HandshakeRefused):
             self.hub.dial_refused(self, str(failure.value))
+        elif not failure.check(error.ConnectionClosed):
+            log.warn(
+                "peer at {address} did not answer Hello: {error}",
+                address=self.factory.address,
+                error=failure.getErrorMessage(),
+            )
         self.transport.loseConnection()
 
     def _start(self, peer_id: str, peer_vv: dict) -> None:
+        if self._hello_timer is not None and self._hello_timer.active():
+            self._hello_timer.cancel()
+        self._hello_timer = None
         self.peer_id = peer_id
         self.stream = OutboundStream(
             self.hub.node,
             peer_id,
             peer_vv,
-            send_ops=lambda ops: self.callRemote(PushOps, ops=ops),
+            send_ops=self._send_ops,
             send_snapshot_page=lambda **kw: self.callRemote(SnapshotPage, **kw),
             on_broken=self._broken,
         )
@@ -161,7 +243,25 @@ class PeerProtocol(amp.AMP):
         )
         self.hub.started(self)
         # After this turn: a Hello's answer must reach the peer before ops.
-        self.hub.clock.callLater(0, self.stream.pump)
+        self._first_pump = self.hub.clock.callLater(0, self._pump_first)
+
+    def _pump_first(self) -> None:
+        self._first_pump = None
+        if self.stream is not None:
+            self.stream.pump()
+
+    def _send_ops(self, ops: bytes):
+        d = self.callRemote(PushOps, ops=ops)
+        return d.addErrback(self._ops_unavailable)
+
+    def _ops_unavailable(self, failure) -> dict:
+        """The peer's journal failed: a refusal, so the stream holds its pages
+        until the next Sync instead of dropping the session."""
+        failure.trap(JournalUnavailable)
+        return {
+            "vv": {},
+            "refused": f"unavailable: its journal failed ({failure.getErrorMessage()})",
+        }
 
     def _broken(self, failure) -> None:
         log.warn(
@@ -172,6 +272,7 @@ class PeerProtocol(amp.AMP):
         self.transport.abortConnection()
 
     def connectionLost(self, reason) -> None:
+        self._cancel_timers()
         if self.stream is not None:
             self.stream.stop()
         self.hub.forget(self)
@@ -210,17 +311,32 @@ class PeerProtocol(amp.AMP):
     # -- responders ------------------------------------------------------------
 
     @Hello.responder
-    def hello(self, protocol: int, cluster: str, node: str, vv: dict) -> dict:
+    def hello(self, protocol: int, cluster: str, node: str, vv) -> dict:
         if protocol != PROTOCOL_VERSION:
             reason = (
-                f"unknown protocol version {protocol} (we speak {PROTOCOL_VERSION})"
+                f"version: unknown protocol version {protocol}"
+                f" (we speak {PROTOCOL_VERSION})"
             )
         elif cluster != self.hub.cluster:
-            reason = f"peer is in cluster {cluster!r}, we are in {self.hub.cluster!r}"
+            reason = (
+                f"cluster: peer is in cluster {cluster!r}, we are in"
+                f" {self.hub.cluster!r}"
+            )
+        elif not valid_node_id(node):
+            reason = (
+                f"invalid: node id {node!r} is not 1-64 letters, digits, '.', '_'"
+                " or '-' starting with a letter or digit"
+            )
+        elif isinstance(vv, InvalidVector):
+            reason = f"invalid: bad version vector ({vv.reason})"
+        elif self.dialed:
+            reason = "invalid: Hello goes from the dialing node to the listener"
+        elif self.stream is not None:
+            reason = "invalid: this connection already completed Hello"
         else:
             reason = self.hub.admit(self, node)
         if reason:
-            log.warn("refused peer {peer}: {reason}", peer=node, reason=reason)
+            log.warn("refused peer {peer!r}: {reason}", peer=node, reason=reason)
             raise HandshakeRefused(reason)
         self._start(node, vv)
         return {"node": self.hub.node.node_id, "vv": dict(self.hub.node.durable_vv)}
@@ -285,10 +401,17 @@ class PeerServerFactory(protocol.Factory):
 class PeerClientFactory(protocol.ReconnectingClientFactory):
     """Dials one ``--peers`` address and keeps dialing, with capped backoff.
 
+    States: ``connecting`` (first attempt), ``connected`` (our session is
+    up), ``retrying`` (waiting for, or making, the next attempt),
+    ``standby`` (another live session with the same node, one it dialed or
+    one we dialed at another address, carries the traffic: no dialing until
+    it ends), ``self`` (the address is this
+    node: never dialed again) and ``stopped`` (the node is shutting down).
+
     The delay resets only after a successful handshake (not on a mere TCP
-    connect), so a peer that accepts and then refuses is not hammered. While
-    another session with the same node already carries the traffic, dialing
-    pauses until that session ends.
+    connect), so a peer that accepts and then refuses is not hammered. The
+    Cluster only puts a dialer in standby while a live session with its node
+    exists, and resumes it the moment that session ends.
     """
 
     maxDelay = 30.0
@@ -301,6 +424,12 @@ class PeerClientFactory(protocol.ReconnectingClientFactory):
         self.state = "connecting"
         self.peer_id: str | None = None
         self.session: PeerProtocol | None = None
+        self.stopped = False
+
+    def dial(self, reactor: Any) -> None:
+        """The first attempt; the connector is kept for every later one."""
+        host, port = self.address
+        self.connector = reactor.connectTCP(host, port, self, timeout=10)
 
     def buildProtocol(self, addr) -> PeerProtocol:
         p = PeerProtocol(self.hub, dialed=True)
@@ -308,30 +437,77 @@ class PeerClientFactory(protocol.ReconnectingClientFactory):
         self.session = p
         return p
 
+    @property
+    def waiting(self) -> bool:
+        """Between attempts: a retry is scheduled, nothing is connecting."""
+        return self._callID is not None and self._callID.active()
+
     def connected(self, session: PeerProtocol) -> None:
+        if self.stopped:
+            return
+        self._cancel_retry()
         self.resetDelay()
         self.state = "connected"
         self.peer_id = session.peer_id
 
     def standby(self, peer_id: str) -> None:
-        """Another session with ``peer_id`` carries the traffic: stop dialing."""
+        """A session with ``peer_id`` carries the traffic: stop dialing."""
         self.peer_id = peer_id
+        if self.stopped:
+            return
         self.state = "standby"
-        self.stopTrying()
+        self.continueTrying = 0
+        self._cancel_retry()
 
     def resume(self) -> None:
-        if self.state == "standby" and self.connector is not None:
-            self.state = "retrying"
-            self.resetDelay()
-            self.retry()
+        """The session we stood by for is gone: dial again, soon."""
+        if self.stopped or self.state != "standby":
+            return
+        self.state = "retrying"
+        self.resetDelay()
+        self.retry()
+
+    def dial_soon(self) -> None:
+        """Bring the next scheduled attempt forward to now (backoff kept)."""
+        if not self.stopped and self.waiting:
+            self._callID.reset(0)
+
+    def stop(self) -> None:
+        """Shutting down: no more attempts, ever; abandon one in progress."""
+        self.stopped = True
+        self.state = "stopped"
+        self.stopTrying()
+        if self.connector is not None:
+            self.connector.disconnect()
+
+    def is_self(self, node_id: str) -> None:
+        """The address is this node's own: never dial it again."""
+        self.peer_id = node_id
+        self.state = "self"
+        self.continueTrying = 0
+        self._cancel_retry()
+
+    def _cancel_retry(self) -> None:
+        if self._callID is not None and self._callID.active():
+            self._callID.cancel()
+        self._callID = None
+
+    def retry(self, connector=None) -> None:
+        if self.stopped or not self.continueTrying:
+            return
+        if self.peer_id is not None and self.hub.carried(self.peer_id, self):
+            # Another session with that node is up: no need to dial.
+            self.standby(self.peer_id)
+            return
+        self.state = "retrying"
+        if connector is None and self.connector is None:
+            return  # never dialed (sessions joined by hand in tests)
+        super().retry(connector)
 
     def clientConnectionFailed(self, connector, reason) -> None:
-        if self.state != "standby":
-            self.state = "retrying"
+        self.session = None
         super().clientConnectionFailed(connector, reason)
 
     def clientConnectionLost(self, connector, reason) -> None:
         self.session = None
-        if self.state != "standby":
-            self.state = "retrying"
         super().clientConnectionLost(connector, reason)
