@@ -60,7 +60,8 @@ class Harness:
         hlc = HybridClock(wall=lambda: self.clock.seconds() + skew)
         node = Node(name, datadir, self.clock, run_now, clock=hlc, **kw)
         cluster = Cluster(node, [], reactor=self.clock)
-        node.expected_peers = expected_peers
+        # Configured peers it has not heard from yet, as a Cluster counts them.
+        node.unidentified_peers = lambda: max(0, expected_peers - len(node.peer_vvs))
         self.nodes[name] = node
         self.clusters[name] = cluster
         return node

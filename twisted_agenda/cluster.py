@@ -76,12 +76,16 @@ class Cluster(service.Service):
         self.dialers = [PeerClientFactory(self, address) for address in addresses]
         for dialer in self.dialers:
             dialer.clock = reactor
-        node.expected_peers = len(addresses)
+        node.unidentified_peers = self._unidentified_peers
         node.on_durable.add(self.pump_all)
         self._timer = task.LoopingCall(self.sync_all)
         self._timer.clock = reactor
 
     # -- service ---------------------------------------------------------------
+
+    def _unidentified_peers(self) -> int:
+        """``--peers`` addresses whose node we have never heard from."""
+        return sum(d.peer_id is None and d.state != "self" for d in self.dialers)
 
     def startService(self) -> None:
         super().startService()

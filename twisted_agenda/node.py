@@ -89,10 +89,13 @@ class Node:
         #: Latest version vector each peer node reported (tombstone GC).
         #: Set through ``peer_holds``.
         self.peer_vvs: dict[str, VersionVector] = {}
+        #: The nodes each peer hears from directly, as its last Sync said
+        #: (tombstone GC). Set through ``peer_knows``.
+        self.peer_members: dict[str, frozenset[str]] = {}
         #: The highest sequence number of our own origin a peer holds.
         self.own_history = 0
-        #: How many peers this node was configured with (tombstone GC).
-        self.expected_peers = 0
+        #: How many configured peers have never answered (the Cluster tells).
+        self.unidentified_peers: Callable[[], int] = lambda: 0
         self._reactor = reactor
         self._fanout_scheduled = False
 
@@ -274,6 +277,10 @@ class Node:
                 peer=peer,
             )
 
+    def peer_knows(self, peer: str, members: frozenset[str]) -> None:
+        """``peer`` hears from ``members`` directly (its Sync said so)."""
+        self.peer_members[peer] = members
+
     def receive(self, ops: Iterable[Op]) -> tuple[defer.Deferred, str]:
         """Apply peer ops; the Deferred fires with our durable vv afterwards.
 
@@ -425,14 +432,23 @@ class Node:
 
         A tombstone may go once each peer reported it, and we hold everything
         those peers held then: any op concurrent with the removal has then
-        reached us, and any later op is stamped after it. Only when every
-        origin we know is a peer of ours (a full mesh) can we tell.
+        reached us, and any later op is stamped after it. That covers every
+        node only if every node is a peer of ours: every configured peer has
+        answered, every origin we know is a peer, and every node our peers
+        hear from is one we hear from too. In a chain A - B - C, A never hears
+        from C (which may hold an edit older than the removal, unsent), so A
+        keeps its tombstones; B, which hears from both, may drop them.
         """
         peers = self.peer_vvs
-        if len(peers) < self.expected_peers or not peers:
+        if not peers or self.unidentified_peers():
             return []
-        if not set(self.replica.vv) <= set(peers) | {self.node_id}:
+        known = set(peers) | {self.node_id}
+        if not set(self.replica.vv) <= known:
             return []
+        for peer in peers:
+            members = self.peer_members.get(peer)
+            if members is None or not members <= known:
+                return []
         if not all(dominates(self.replica.vv, vv) for vv in peers.values()):
             return []
         return [

@@ -122,9 +122,29 @@ class PushOps(amp.Command):
     errors = _WRITE_ERRORS
 
 
+class NodeIdsArgument(amp.Argument):
+    """A list of node ids, as compact JSON; ValueError unless all are valid."""
+
+    def toString(self, inObject: list[str]) -> bytes:
+        return json.dumps(sorted(inObject), separators=(",", ":")).encode()
+
+    def fromString(self, inString: bytes) -> frozenset[str]:
+        ids = json.loads(inString)
+        if not isinstance(ids, list) or not all(valid_node_id(i) for i in ids):
+            raise ValueError("not a list of node ids")
+        return frozenset(ids)
+
+
 class Sync(amp.Command):
-    arguments = [(b"vv", VersionVectorArgument())]
-    response = [(b"vv", VersionVectorArgument())]
+    # ``peers``: the nodes the sender hears from directly (tombstone GC).
+    arguments = [
+        (b"vv", VersionVectorArgument()),
+        (b"peers", NodeIdsArgument(optional=True)),
+    ]
+    response = [
+        (b"vv", VersionVectorArgument()),
+        (b"peers", NodeIdsArgument(optional=True)),
+    ]
     errors = _ERRORS
 
 
@@ -305,8 +325,14 @@ class PeerProtocol(amp.AMP):
 
     def sync(self):
         """One anti-entropy round; fires with the peer's answer."""
-        d = self.callRemote(Sync, vv=dict(self.hub.node.durable_vv))
-        return d.addCallback(lambda response: self.stream.resync(response["vv"]))
+        node = self.hub.node
+        d = self.callRemote(Sync, vv=dict(node.durable_vv), peers=list(node.peer_vvs))
+        return d.addCallback(self._synced)
+
+    def _synced(self, response: dict) -> None:
+        if response.get("peers") is not None:
+            self.hub.node.peer_knows(self.peer_id, response["peers"])
+        self.stream.resync(response["vv"])
 
     # -- responders ------------------------------------------------------------
 
@@ -362,9 +388,13 @@ class PeerProtocol(amp.AMP):
         return d.addCallback(lambda vv: {"vv": vv, "refused": refused})
 
     @Sync.responder
-    def sync_responder(self, vv: dict) -> dict:
-        self._introduced().resync(vv)
-        return {"vv": dict(self.hub.node.durable_vv)}
+    def sync_responder(self, vv: dict, peers: frozenset[str] | None = None) -> dict:
+        stream = self._introduced()
+        node = self.hub.node
+        if peers is not None:
+            node.peer_knows(self.peer_id, peers)
+        stream.resync(vv)
+        return {"vv": dict(node.durable_vv), "peers": list(node.peer_vvs)}
 
     @SnapshotPage.responder
     def snapshot_page(self, records: bytes, last: bool, vv: dict):
