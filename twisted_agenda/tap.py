@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import math
 import os
 
@@ -9,7 +10,6 @@ from twisted.application import service
 from twisted.python import usage
 
 from twisted_agenda.cluster import DEFAULT_CLUSTER, Cluster
-from twisted_agenda.collector import Collector
 from twisted_agenda.datadir import NODE_ID, DataDir, DataDirError
 from twisted_agenda.journal import JournalCorrupt, thread_runner
 from twisted_agenda.lineproto import (
@@ -227,9 +227,14 @@ def makeService(config: Options) -> AgendaService:
             sock.close()
         raise SystemExit(f"twistd agenda: {e}") from None
     node.clock.max_offset = config["max-clock-offset"]
+    # The book lives as long as the process: keep the collector from
+    # rescanning it (a full collection walks every object) all the time.
+    # (A policy that froze every survivor was measured and was no better:
+    # bench/RESULTS.md, "GC policy".)
+    gc.freeze()
+    gc.set_threshold(50_000, 50, 100)
 
     top = AgendaService(node, datadir, pool)
-    Collector(reactor).setServiceParent(top)
     cluster = Cluster(
         node,
         config["peers"],
