@@ -21,7 +21,7 @@ import uuid
 import pytest
 import pytest_twisted
 from nodeproc import REPO_ROOT, NodeProcess, free_port, running_node
-from twisted.internet import reactor
+from twisted.internet import defer, protocol, reactor
 
 from twisted_agenda.client import cli
 from twisted_agenda.client.cli import table
@@ -199,7 +199,7 @@ async def test_help_goes_to_stdout_and_exits_0():
     r = await agenda("--help")
     assert r.code == 0
     assert "AGENDA_SERVER" in r.out
-    assert "exit status: 0 ok, 1 not found or refused" in r.out
+    assert "exit status: 0 ok (watch: stopped with Ctrl-C), 1 not found" in r.out
 
 
 @pytest_twisted.ensureDeferred
@@ -315,6 +315,158 @@ async def test_import_hundreds_of_cards_then_round_trip(spawn_node, tmp_path):
 
 
 @pytest_twisted.ensureDeferred
+async def test_export_then_import_keeps_spaces_and_commas(spawn_node, tmp_path):
+    # Readers used to collapse spaces inside names and notes ("spaced   name"
+    # came back as a new contact "spaced name") and to cut at commas.
+    node = spawn_node("spaces")
+    book = [
+        Contact("spaced   name", "123 456", note="two  spaces,  and a comma"),
+        Contact("Silva, Maria", "+55 11 91234-5678", "m@example.com", "a, b; c"),
+    ]
+    for c in book:
+        r = await agenda(
+            "add", c.name, c.phone, "-e", c.email, "-n", c.note, server=node
+        )
+        assert r.code == 0, r
+    for name in ("book.vcf", "book.csv"):
+        exported = tmp_path / name
+        assert (await agenda("export", str(exported), server=node)).code == 0
+        r = await agenda("import", str(exported), server=node)
+        assert (r.code, r.err.splitlines()[-1]) == (
+            0,
+            f"{exported}: 2 cards: 0 added, 0 updated, 2 unchanged, 0 skipped",
+        ), r
+    with node.client() as c:
+        assert sorted(c.contacts(), key=lambda c: c.name) == sorted(
+            book, key=lambda c: c.name
+        )
+
+
+class _DyingNode(protocol.Protocol):
+    """Answers like a node, then closes the connection at the N+1th ADD."""
+
+    def connectionMade(self):
+        self.transport.write(b"OK agenda 0.1.0 node=dying\r\n")
+        self.buffer = b""
+
+    def dataReceived(self, data):
+        self.buffer += data
+        *lines, self.buffer = self.buffer.split(b"\n")
+        factory = self.factory
+        for line in lines:
+            verb = line.split(b" ", 1)[0]
+            if verb == b"STATUS":
+                self.transport.write(b"node=dying\r\ndefault_region=BR\r\nOK\r\n")
+            elif verb == b"LIST":
+                self.transport.write(b"OK 0\r\n")
+            elif verb == b"ADD":
+                factory.adds += 1
+                if factory.adds > factory.limit:
+                    self.transport.loseConnection()
+                    return
+                self.transport.write(b'OK added "x"\r\n')
+
+
+@pytest.fixture
+def dying_node():
+    ports = []
+
+    def listen(limit: int) -> str:
+        factory = protocol.Factory.forProtocol(_DyingNode)
+        factory.limit, factory.adds = limit, 0
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        ports.append(port)
+        return f"127.0.0.1:{port.getHost().port}"
+
+    yield listen
+    for port in ports:
+        port.stopListening()
+
+
+def _small_cards(count: int) -> str:
+    return "".join(
+        f"BEGIN:VCARD\nVERSION:3.0\nFN:Small {i:05d}\nTEL:+55 11 9{i:04d}-0000\n"
+        "END:VCARD\n"
+        for i in range(count)
+    )
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_import_whose_only_node_dies_ends_with_a_report(dying_node):
+    # It used to hang: the cards left were skipped one inside the other's
+    # callback until Python's recursion limit broke the chain.
+    server = dying_node(50)
+    run = defer.ensureDeferred(
+        agenda("import", "-", server=server, stdin=_small_cards(200))
+    )
+    r = await run.addTimeout(60, reactor)
+    assert r.code == 1, r
+    err = r.err.splitlines()
+    assert err[-1] == "stdin: 200 cards: 50 added, 0 updated, 0 unchanged, 150 skipped"
+    assert (
+        err[-2] == f"stdin: import stopped: no node left (lost node dying at {server})"
+    )
+    skipped = [line for line in err if ": skipped: " in line]
+    assert len(skipped) == 150
+    # The writes in flight may have been made; the rest were never sent.
+    assert skipped[0] == (
+        "stdin: line 251 (Small 00050): skipped: lost node dying before it "
+        "answered (the connection closed); the change may or may not have been made"
+    )
+    assert skipped[-1] == (
+        "stdin: line 996 (Small 00199): skipped: not sent: no node left "
+        f"(lost node dying at {server})"
+    )
+    assert "Traceback" not in r.err
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_import_carries_on_with_the_next_node(dying_node, spawn_node):
+    node = spawn_node("next")
+    server = f"{dying_node(50)},127.0.0.1:{node.port}"
+    run = defer.ensureDeferred(
+        agenda("import", "-", "--json", server=server, stdin=_small_cards(200))
+    )
+    r = await run.addTimeout(60, reactor)
+    assert r.code == 0, r
+    assert r.err.splitlines()[-1] == (
+        "stdin: 200 cards: 200 added, 0 updated, 0 unchanged, 0 skipped"
+    )
+    assert json.loads(r.out)["stopped"] is None
+    # The first 50 went to the node that died; every later one, including
+    # those in flight when it died, is on the next node, once.
+    with node.client() as c:
+        names = [contact.name for contact in c.contacts()]
+    assert names == [f"Small {i:05d}" for i in range(50, 200)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_dry_run_predicts_what_the_node_refuses(node):
+    tag = uuid.uuid4().hex[:6]
+    csv_text = (
+        "name,phone,email\n"
+        f"Text Phone {tag},call me maybe,\n"  # 2
+        f"Bad Email {tag},123 456,not-an-email\n"  # 3
+        f"bad email {tag},123 457,ok@example.com\n"  # 4: the name is still free
+        f"Fine {tag},(11) 91234-5678,\n"  # 5
+    )
+    dry = await agenda("import", "-", "--dry-run", server=node, stdin=csv_text)
+    real = await agenda("import", "-", server=node, stdin=csv_text)
+    assert dry.err.splitlines()[-1] == (
+        "stdin: 4 cards: would be 2 added, 0 updated, 0 unchanged, 2 skipped"
+    )
+    assert real.err.splitlines()[-1] == (
+        "stdin: 4 cards: 2 added, 0 updated, 0 unchanged, 2 skipped"
+    )
+    assert (dry.code, real.code) == (1, 1)
+    # The same reasons, in the node's words, either way.
+    assert dry.err.splitlines()[:-1] == real.err.splitlines()[:-1]
+    assert f"line 3 (Bad Email {tag}): skipped: email 'not-an-email' does not" in (
+        real.err
+    )
+
+
+@pytest_twisted.ensureDeferred
 async def test_import_updates_known_names_and_can_dry_run(node):
     name = unique("Known")
     await agenda("add", name, "123 456", server=node)
@@ -403,8 +555,12 @@ def test_watch_prints_changes_until_ctrl_c(node):
         for line in stream:
             lines.put((label, line.rstrip("\n")))
 
-    for stream, label in ((proc.stdout, "out"), (proc.stderr, "err")):
-        threading.Thread(target=pump, args=(stream, label), daemon=True).start()
+    pumps = [
+        threading.Thread(target=pump, args=(stream, label), daemon=True)
+        for stream, label in ((proc.stdout, "out"), (proc.stderr, "err"))
+    ]
+    for thread in pumps:
+        thread.start()
 
     def expect(label: str, predicate, timeout: float = 15.0) -> str:
         deadline = time.monotonic() + timeout
@@ -434,6 +590,13 @@ def test_watch_prints_changes_until_ctrl_c(node):
         }
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=15) == 0
+        # Quietly: the connection it closes itself is no "lost node".
+        for thread in pumps:
+            thread.join(timeout=15)
+        rest = []
+        while not lines.empty():
+            rest.append(lines.get())
+        assert rest == [], "nothing is printed after Ctrl-C"
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -287,9 +287,8 @@ async def test_names_with_any_characters_work(client):
         await client.add(name, "123 456", note="a=b c:d")
     listed = {c.name: c for c in await client.list()}
     for name in names:
-        stored = name.strip() if name.strip() != name else name
         # The node trims outer spaces; anything inside the name stays.
-        assert " ".join(stored.split()) in {" ".join(n.split()) for n in listed}
+        assert name.strip() in listed
         got = await client.get(name)
         assert got.note == "a=b c:d"
         await client.update(name, phone="654 321")
@@ -373,6 +372,11 @@ class _Misbehaving(protocol.Protocol):
         self.factory.received.append(data)
         if self.factory.behaviour == "close":
             self.transport.loseConnection()
+        elif self.factory.behaviour == "hang after WATCH" and self.factory.received == [
+            b"WATCH\n"
+        ]:
+            # Watching, then never a word again (a node stopped with SIGSTOP).
+            self.transport.write(b"OK watching\r\n")
 
 
 @pytest.fixture
@@ -524,3 +528,54 @@ async def test_watching_moves_to_the_next_node_when_its_node_dies(tmp_path):
         await client.close()
         first.stop()
         second.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_watched_node_that_hangs_is_noticed_and_left(node, misbehaving):
+    # Nothing is asked while only watching, so without a heartbeat a hung
+    # node went unnoticed: "connected", and no change ever shown again.
+    factory, hanging = misbehaving("hang after WATCH")
+    events, statuses = [], []
+    client = AgendaClient(
+        [hanging, f"127.0.0.1:{node.port}"],
+        reactor,
+        on_event=events.append,
+        on_status=statuses.append,
+        heartbeat=0.2,
+        heartbeat_timeout=0.5,
+    )
+    try:
+        await client.watch()
+        assert client.node_id == "fake"
+        await until(lambda: statuses[-1].message.startswith("reconnected"), 10)
+        messages = [s.message for s in statuses]
+        assert f"lost node fake at {hanging} (no reply within 0.5 s)" in messages
+        assert messages[-1] == (
+            f"reconnected (moved from {hanging}): node {client.node_id} at "
+            f"127.0.0.1:{node.port}"
+        )
+        # The heartbeat was a second WATCH, which a watching node just
+        # acknowledges.
+        assert factory.received == [b"WATCH\n", b"WATCH\n"]
+        name = unique("After")
+        async with _added(node, name):
+            await until(lambda: any(e.contact.name == name for e in events))
+    finally:
+        await client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_heartbeat_keeps_a_quiet_watch_where_it_is(client):
+    statuses = []
+    client.on_status = statuses.append
+    client.heartbeat, client.heartbeat_timeout = 0.05, 2.0
+    sent = []
+    await client.watch()
+    statuses.clear()
+    protocol = client.protocol
+    request = protocol.request
+    protocol.request = lambda line: (sent.append(line), request(line))[1]
+    await until(lambda: len(sent) >= 5)
+    assert set(sent) == {"WATCH"}
+    assert statuses == [], "still connected, to the same node"
+    assert client.protocol is protocol

@@ -1,7 +1,9 @@
 """vCard and CSV reading, writing and import planning (no network here)."""
 
+import unicodedata
 from datetime import UTC, datetime
 
+import attrs
 import pytest
 import vobject
 from hypothesis import given, settings
@@ -121,6 +123,68 @@ def test_every_bad_card_is_reported_with_its_line_and_the_rest_still_read():
     ]
 
 
+@pytest.mark.parametrize("version", ["2.1", "3.0", "4.0"])
+def test_unescaped_commas_do_not_cut_names_and_notes(version):
+    # Legal in 2.1; some 3.0/4.0 writers do not escape them either.
+    text = (
+        f"BEGIN:VCARD\nVERSION:{version}\nN:Silva;Maria\nFN:Silva, Maria\n"
+        "TEL;CELL:+55 11 97777-0001\nNOTE:call after 6pm, not before\n"
+        "NOTE:escaped\\, too\\; and a\\nbreak\nEND:VCARD\n"
+    )
+    (card,) = read_vcards(text)
+    assert card.contact.name == "Silva, Maria"
+    assert card.contact.note == ("call after 6pm, not before escaped, too; and a break")
+
+
+def test_quoted_printable_values_with_commas_are_whole():
+    text = (
+        "BEGIN:VCARD\nVERSION:2.1\nFN;ENCODING=QUOTED-PRINTABLE;CHARSET=UTF-8:"
+        "Jo=C3=A3o, Jr.\nTEL:123 456\nEND:VCARD\n"
+    )
+    assert read_vcards(text)[0].contact.name == "João, Jr."
+
+
+def test_spaces_inside_names_and_notes_are_kept_as_the_node_keeps_them():
+    text = (
+        "BEGIN:VCARD\nVERSION:3.0\nFN:  spaced   name \nTEL:123  456\n"
+        "NOTE: two  spaces \nEND:VCARD\n"
+    )
+    assert read_vcards(text)[0].contact == Contact(
+        "spaced   name", "123 456", "", "two  spaces"
+    )
+    # A name is compared in NFC, as the node stores it.
+    decomposed = unicodedata.normalize("NFD", "João")
+    text = f"name,phone,note\n {decomposed}  da  Silva ,123, a  b \n"
+    assert contacts(read_csv(text)) == [Contact("João  da  Silva", "123", "", "a  b")]
+
+
+def test_an_unclosed_card_is_reported_and_the_next_card_still_read():
+    text = (
+        "BEGIN:VCARD\nVERSION:3.0\nFN:Unclosed\nTEL:123\n"  # 1-4
+        "BEGIN:VCARD\nVERSION:3.0\nFN:Good Card\nTEL:456\nEND:VCARD\n"  # 5-9
+    )
+    outcome = [
+        (c.line, c.contact.name if c.contact else c.problem) for c in read_vcards(text)
+    ]
+    assert outcome == [
+        (1, "the card starting here has no END:VCARD (a new card begins on line 5)"),
+        (5, "Good Card"),
+    ]
+
+
+def test_a_vcard_2_1_agent_card_nested_in_a_card_is_not_a_missing_end():
+    text = (
+        "BEGIN:VCARD\nVERSION:2.1\nFN:Boss, The\nTEL:123 456\nAGENT:\n"
+        "BEGIN:VCARD\nVERSION:2.1\nFN:Assistant\nTEL:789\nEND:VCARD\n"
+        "END:VCARD\n"
+        "BEGIN:VCARD\nVERSION:2.1\nFN:Next\nTEL:111\nEND:VCARD\n"
+    )
+    assert [(c.line, c.contact) for c in read_vcards(text)] == [
+        (1, Contact("Boss, The", "123 456")),
+        (12, Contact("Next", "111")),
+    ]
+
+
 def test_an_empty_file_has_no_cards():
     assert read_vcards("") == []
     assert read_csv("") == []
@@ -171,21 +235,25 @@ def test_csv_round_trip_gives_back_every_contact():
     assert contacts(read_csv(write_csv(BOOK))) == BOOK
 
 
-_field = st.text(
+# Any one-line text, spaces inside and all, as the node keeps it: a name
+# trimmed and NFC-normalised (model.clean_name), a note trimmed (clean_note).
+_text = st.text(
     alphabet=st.characters(blacklist_categories=("Cc", "Cs", "Zl", "Zp", "Cf")),
     max_size=20,
-).map(lambda s: " ".join(s.split()))
+)
+_name = _text.map(lambda s: unicodedata.normalize("NFC", s.strip())).filter(bool)
+_note = _text.map(str.strip)
 
 
-@settings(max_examples=40)
+@settings(max_examples=200)
 @given(
     st.lists(
         st.builds(
             Contact,
-            name=_field.filter(bool),
+            name=_name | st.sampled_from(["spaced   name", "Silva, Maria", "a;b\\c"]),
             phone=st.from_regex(r"\+?[0-9][0-9 ()\-.]{2,20}[0-9]", fullmatch=True),
             email=st.just("") | st.emails(),
-            note=_field,
+            note=_note | st.just("two  spaces, a comma; a semicolon"),
         ),
         max_size=5,
     )
@@ -230,6 +298,21 @@ def test_bad_csv_rows_are_reported_with_their_line():
         (7, "'No Phone' has no phone number"),
         (8, "'Short' has no phone number"),
     ]
+
+
+@pytest.mark.parametrize("separator", [";", "\t"])
+def test_csv_with_semicolons_or_tabs_is_read(separator):
+    # Excel writes ";" where the decimal mark is a comma (Brazil, most of Europe).
+    rows = [
+        ["Nome", "Telefone", "E-mail", "Notas"],
+        ["Silva, Maria", "+55 11 91234-5678", "maria@example.com", "a, b"],
+    ]
+    text = "\r\n".join(separator.join(row) for row in rows) + "\r\n"
+    assert contacts(read_csv(text)) == [
+        Contact("Silva, Maria", "+55 11 91234-5678", "maria@example.com", "a, b")
+    ]
+    quoted = '"name";"phone"\n"Ana; Bia";"123"\n'
+    assert contacts(read_csv(quoted)) == [Contact("Ana; Bia", "123")]
 
 
 def test_csv_without_the_needed_columns_says_what_it_found():
@@ -281,3 +364,29 @@ def test_plan_compares_local_numbers_in_the_given_region():
     (action,) = plan_import(cards, [MARIA], region=None)
     assert action.kind == UPDATE
     assert action.changes == {"phone": "(11) 91234-5678"}
+
+
+def test_plan_skips_what_the_node_would_refuse_in_its_words():
+    cards = read_csv(
+        "name,phone,email\n"
+        "Text Phone,call me maybe,\n"  # 2
+        "Bad Email,123 456,not-an-email\n"  # 3
+        "bad email,123 456,fixed@example.com\n"  # 4: the name is still free
+        "Fine,123 456,\n"  # 5
+        "Long Note,123 456,\n"  # 6 (note set below)
+    )
+    long_note = attrs.evolve(cards[4].contact, note="x" * 2001)
+    cards[4] = attrs.evolve(cards[4], contact=long_note)
+    plan = plan_import(cards, [])
+    assert [(a.card.line, a.kind, a.reason) for a in plan] == [
+        (
+            2,
+            SKIP,
+            "phone 'call me maybe' is not a phone number: use digits, spaces and "
+            "+ - ( ) . (an extension may follow, as in 'ext. 12')",
+        ),
+        (3, SKIP, "email 'not-an-email' does not look like name@example.com"),
+        (4, ADD, ""),
+        (5, ADD, ""),
+        (6, SKIP, "note is longer than 2000 characters"),
+    ]

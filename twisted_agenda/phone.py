@@ -129,6 +129,28 @@ def _national_digits(text: str, region: str | None) -> str:
     return phonenumbers.national_significant_number(parsed)
 
 
+def phone_needles(query: str, region: str | None = None) -> tuple[str, ...]:
+    """The digit strings a search text looks for in phones; () if none.
+
+    ``phone_matches`` is ``phone_needles`` against ``phone_haystacks``; a
+    window searching a whole book works the query out once, this way.
+    """
+    try:
+        check_phone(query)
+    except InvalidField:
+        return ()
+    region = check_region(region)
+    query_number, _ = _split_extension(" ".join(query.split()))
+    needles = {digits(query_number), _national_digits(query_number, region)}
+    return tuple(n for n in needles if len(n) >= MIN_DIGITS)
+
+
+def phone_haystacks(phone: str, region: str | None = None) -> tuple[str, ...]:
+    """The digit strings of ``phone`` that ``phone_needles`` are looked for in."""
+    haystacks = {digits(phone), _national_digits(phone, check_region(region))}
+    return tuple(h for h in haystacks if h)
+
+
 def phone_matches(query: str, phone: str, region: str | None = None) -> bool:
     """Whether a search text that is a phone number finds ``phone``.
 
@@ -137,20 +159,11 @@ def phone_matches(query: str, phone: str, region: str | None = None) -> bool:
     "011 91234-5678" (trunk prefix) finds both. A query that is not shaped
     like a phone number never matches here.
     """
-    try:
-        check_phone(query)
-    except InvalidField:
+    needles = phone_needles(query, region)
+    if not needles:
         return False
-    region = check_region(region)
-    query_number, _ = _split_extension(" ".join(query.split()))
-    haystacks = {digits(phone), _national_digits(phone, region)}
-    needles = {digits(query_number), _national_digits(query_number, region)}
-    return any(
-        len(needle) >= MIN_DIGITS and needle in haystack
-        for needle in needles
-        for haystack in haystacks
-        if haystack
-    )
+    haystacks = phone_haystacks(phone, region)
+    return any(needle in haystack for needle in needles for haystack in haystacks)
 
 
 def same_number(a: str, b: str, region: str | None = None) -> bool:

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import csv
 import io
+import re
+import unicodedata
 import uuid
 from collections.abc import Iterable
 from datetime import UTC, datetime
@@ -23,7 +25,13 @@ import phonenumbers
 import vobject
 from attrs import frozen
 
-from twisted_agenda.model import FIELDS, Contact, contact_key
+from twisted_agenda.model import (
+    FIELDS,
+    Contact,
+    InvalidField,
+    clean_fields,
+    contact_key,
+)
 from twisted_agenda.phone import same_number
 
 VCARD = "vcard"
@@ -68,8 +76,11 @@ def _params(line) -> set[str]:
 
 
 def _tel_text(value: str) -> str:
-    """A TEL value as a person would type it (``tel:`` URIs unpacked)."""
-    value = value.strip()
+    """A TEL value as a person would type it (``tel:`` URIs unpacked).
+
+    Spaces are tidied as the node tidies them (``phone.check_phone``).
+    """
+    value = " ".join(value.split())
     if not value.lower().startswith("tel:"):
         return value
     try:
@@ -101,10 +112,73 @@ def _pick(lines: list, rank: tuple[str, ...] = ()) -> tuple[object | None, int]:
     return min(enumerate(lines), key=score)[1], len(lines)
 
 
-def _name(card) -> str:
-    fn = card.contents.get("fn")
-    if fn and str(fn[0].value).strip():
-        return " ".join(str(fn[0].value).split())
+def one_line(text: str) -> str:
+    """A value as the node keeps it: one line, outer spaces trimmed.
+
+    Line breaks (and tabs), which the node refuses, become one space each
+    run; everything else, spaces inside included, is kept as it is.
+    """
+    text = text.replace("\t", " ")
+    parts = text.splitlines()
+    if len(parts) <= 1:
+        return text.strip()
+    return " ".join(part.strip() for part in parts if part.strip())
+
+
+def clean_name_text(text: str) -> str:
+    """A name as the node stores it (clean_name: trimmed, NFC), on one line."""
+    return unicodedata.normalize("NFC", one_line(text))
+
+
+# vCard text escapes, as vobject reads them: \n, \N, \\, \; \, \"
+_ESCAPE = re.compile(r"\\([\\;,Nn\"])")
+
+
+def _unescape(value: str) -> str:
+    return _ESCAPE.sub(lambda m: "\n" if m[1] in "nN" else m[1], value)
+
+
+def _raw_texts(text: str) -> dict[str, list[str | None]]:
+    """The card's own FN and NOTE values, whole.
+
+    vobject splits these at unescaped commas and keeps only the first piece
+    ("FN:Silva, Maria" gives "Silva"), but commas are legal there in vCard
+    2.1 and some 3.0/4.0 writers do not escape them. None stands for a
+    value to take from vobject instead (base64).
+    """
+    found: dict[str, list[str | None]] = {"FN": [], "NOTE": []}
+    depth = 0
+    stream = io.StringIO(text)
+    for logical, number in vobject.base.getLogicalLines(stream, allowQP=False):
+        try:
+            line = vobject.base.textLineToContentLine(logical, number)
+        except Exception:
+            continue  # vobject reports it, with its line
+        value = line.value if isinstance(line.value, str) else ""
+        if line.name == "BEGIN":
+            depth += 1
+        elif line.name == "END":
+            depth -= 1
+        elif depth == 1 and line.name in found:
+            encoded = "ENCODING" in line.params or "BASE64" in line.singletonparams
+            found[line.name].append(None if encoded else _unescape(value))
+    return found
+
+
+def _whole(lines: list, raw: list[str | None]) -> list[str]:
+    """Each vobject line's value, taken whole from ``raw`` when they line up."""
+    if len(raw) != len(lines):
+        raw = [None] * len(lines)
+    return [
+        str(line.value) if text is None else text
+        for line, text in zip(lines, raw, strict=True)
+    ]
+
+
+def _name(card, raw: dict[str, list[str | None]]) -> str:
+    for fn in _whole(card.contents.get("fn", [])[:1], raw["FN"][:1]):
+        if clean_name_text(fn):
+            return clean_name_text(fn)
     n = card.contents.get("n")
     if n:
         value = n[0].value
@@ -114,13 +188,15 @@ def _name(card) -> str:
             words = []
             for part in parts:
                 words += part if isinstance(part, list) else [part]
-            return " ".join(" ".join(w for w in words if w).split())
-        return " ".join(str(value).replace(";", " ").split())
+            return clean_name_text(" ".join(w.strip() for w in words if w.strip()))
+        return clean_name_text(" ".join(str(value).replace(";", " ").split()))
     return ""
 
 
-def _card_contact(card) -> tuple[Contact | None, str, tuple[str, ...]]:
-    name = _name(card)
+def _card_contact(
+    card, raw: dict[str, list[str | None]]
+) -> tuple[Contact | None, str, tuple[str, ...]]:
+    name = _name(card, raw)
     if not name:
         return None, "no name (the card has neither FN nor N)", ()
     warnings = []
@@ -132,37 +208,60 @@ def _card_contact(card) -> tuple[Contact | None, str, tuple[str, ...]]:
     email, count = _pick(card.contents.get("email", []))
     if count > 1:
         warnings.append(f"kept the preferred of {count} email addresses")
-    notes = card.contents.get("note", [])
-    # Our notes are one line: the card's lines become one.
-    note = " ".join(" ".join(str(n.value).splitlines()) for n in notes).strip()
+    notes = _whole(card.contents.get("note", []), raw["NOTE"])
+    # Our notes are one line: the card's lines (and its NOTEs) become one.
+    note = " ".join(filter(None, (one_line(n) for n in notes)))
     contact = Contact(
         name=name,
         phone=_tel_text(str(tel.value)),
         email=str(email.value).strip() if email is not None else "",
-        note=" ".join(note.split()),
+        note=note,
     )
     return contact, "", tuple(warnings)
 
 
+_AGENT = re.compile(r"(?:[\w-]+\.)?AGENT[;:]", re.I)
+
+
 def _chunks(text: str) -> Iterable[tuple[int, list[str] | None, str]]:
-    """(first line number, card lines or None, problem) for each card."""
+    """(first line number, card lines or None, problem) for each card.
+
+    A BEGIN:VCARD inside a card that never ended starts a new card (the
+    one before is reported), except right after an AGENT line, where
+    vCard 2.1 nests the agent's own card.
+    """
     start = 0
     lines: list[str] = []
     stray = 0
+    depth = 0
     for number, raw in enumerate(text.splitlines(), 1):
         word = raw.strip().upper()
         if not start:
             if word == "BEGIN:VCARD":
-                start, lines = number, [raw]
+                start, lines, depth = number, [raw], 1
             elif word and not stray:
                 # Report the start of each run of text between cards, once.
                 stray = number
                 yield number, None, "text outside BEGIN:VCARD ... END:VCARD"
             continue
+        if word == "BEGIN:VCARD":
+            if _AGENT.match(lines[-1].lstrip()):
+                depth += 1
+            else:
+                yield (
+                    start,
+                    None,
+                    "the card starting here has no END:VCARD (a new card "
+                    f"begins on line {number})",
+                )
+                start, lines, depth = number, [raw], 1
+                continue
         lines.append(raw)
         if word == "END:VCARD":
-            yield start, lines, ""
-            start, stray = 0, 0
+            depth -= 1
+            if not depth:
+                yield start, lines, ""
+                start, stray = 0, 0
     if start:
         yield start, None, "the card starting here has no END:VCARD"
 
@@ -184,8 +283,9 @@ def read_vcards(text: str) -> list[Card]:
         if lines is None:
             cards.append(Card(start, problem=problem))
             continue
+        card_text = "\n".join(lines) + "\n"
         try:
-            card = vobject.readOne("\n".join(lines) + "\n")
+            card = vobject.readOne(card_text)
         except Exception as e:
             # vobject raises more than ParseError on bad input.
             message = str(e).strip() or type(e).__name__
@@ -193,7 +293,7 @@ def read_vcards(text: str) -> list[Card]:
             message = message.removeprefix(f"At line {getattr(e, 'lineNumber', '')}: ")
             cards.append(Card(line, problem=f"cannot read the card: {message}"))
             continue
-        contact, problem, warnings = _card_contact(card)
+        contact, problem, warnings = _card_contact(card, _raw_texts(card_text))
         cards.append(Card(start, contact, problem, warnings))
     return cards
 
@@ -221,16 +321,29 @@ _COLUMNS = {
         "e-mail address",
         "e-mail 1 - value",
     ),
-    "note": ("note", "notes", "comment", "comments"),
+    "note": ("note", "notes", "comment", "comments", "nota", "notas", "observações"),
     "given": ("given name", "first name", "given"),
     "family": ("family name", "last name", "surname", "family"),
 }
 
 
+def _delimiter(text: str) -> str:
+    """``,``, ``;`` (Excel where the decimal mark is a comma) or a tab.
+
+    Guessed from the header row only: its titles hold no separators, while
+    data cells (notes) may hold any.
+    """
+    header = text[:4096].splitlines()[0] if text.strip() else ""
+    try:
+        return csv.Sniffer().sniff(header, delimiters=",;\t").delimiter
+    except csv.Error:
+        return ","
+
+
 def read_csv(text: str) -> list[Card]:
     """Every row of a CSV file with a header row; bad rows carry a problem."""
     text = text.removeprefix("\ufeff")  # Excel's UTF-8 byte-order mark
-    reader = csv.reader(io.StringIO(text, newline=""))
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=_delimiter(text))
     try:
         header = next(reader)
     except StopIteration:
@@ -273,16 +386,22 @@ def read_csv(text: str) -> list[Card]:
 def _row_card(line: int, row: list[str], columns: dict[str, int]) -> Card:
     def cell(field: str) -> str:
         index = columns.get(field)
-        value = row[index] if index is not None and index < len(row) else ""
-        return " ".join(value.split())
+        return row[index] if index is not None and index < len(row) else ""
 
-    name = cell("name") or " ".join(filter(None, (cell("given"), cell("family"))))
+    name = clean_name_text(cell("name")) or clean_name_text(
+        " ".join(filter(None, (one_line(cell("given")), one_line(cell("family")))))
+    )
     if not name:
         return Card(line, problem="the row has no name")
-    phone = cell("phone")
+    phone = " ".join(cell("phone").split())
     if not phone:
         return Card(line, problem=f"{name!r} has no phone number")
-    contact = Contact(name=name, phone=phone, email=cell("email"), note=cell("note"))
+    contact = Contact(
+        name=name,
+        phone=phone,
+        email=cell("email").strip(),
+        note=one_line(cell("note")),
+    )
     return Card(line, contact)
 
 
@@ -403,6 +522,37 @@ class Action:
     reason: str = ""
 
 
+def _refusal(contact: Contact) -> str:
+    """Why the node would refuse this contact (its own words), or ""."""
+    fields = {"name": contact.name, "phone": contact.phone}
+    # As the client sends them: empty optional fields are left out.
+    fields.update(
+        {f: getattr(contact, f) for f in ("email", "note") if getattr(contact, f)}
+    )
+    try:
+        clean_fields(fields)
+    except InvalidField as e:
+        return str(e)
+    return ""
+
+
+def changes_for(
+    contact: Contact, current: Contact, region: str | None = None
+) -> dict[str, str]:
+    """The fields to send so that ``current`` holds what ``contact`` says.
+
+    Fields the card leaves out (empty) are kept; phones compare as numbers.
+    """
+    changes = {}
+    if not same_number(contact.phone, current.phone, region):
+        changes["phone"] = contact.phone
+    for field in ("email", "note"):
+        value = getattr(contact, field)
+        if value and value != getattr(current, field):
+            changes[field] = value
+    return changes
+
+
 def plan_import(
     cards: Iterable[Card], book: Iterable[Contact], region: str | None = None
 ) -> list[Action]:
@@ -410,7 +560,10 @@ def plan_import(
 
     Fields a card leaves out are kept as they are in the book (an import
     adds knowledge, it does not erase it). Phones compare as numbers, so
-    "+55 (11) 91234-5678" equals a stored "+55 11 91234-5678".
+    "+55 (11) 91234-5678" equals a stored "+55 11 91234-5678". A card the
+    node would refuse (a phone that is no number, a bad email...) is
+    skipped here, in the node's words, so a dry run says what the import
+    will do; it does not take its name from a later card of the same name.
     """
     known = {c.key: c for c in book}
     seen: dict[str, int] = {}
@@ -419,6 +572,10 @@ def plan_import(
         contact = card.contact
         if contact is None:
             actions.append(Action(card, SKIP, reason=card.problem))
+            continue
+        refusal = _refusal(contact)
+        if refusal:
+            actions.append(Action(card, SKIP, reason=refusal))
             continue
         key = contact_key(contact.name)
         if key in seen:
@@ -430,13 +587,7 @@ def plan_import(
         if current is None:
             actions.append(Action(card, ADD))
             continue
-        changes = {}
-        if not same_number(contact.phone, current.phone, region):
-            changes["phone"] = contact.phone
-        for field in ("email", "note"):
-            value = getattr(contact, field)
-            if value and value != getattr(current, field):
-                changes[field] = value
+        changes = changes_for(contact, current, region)
         kind = UPDATE if changes else UNCHANGED
         actions.append(Action(card, kind, changes))
     return actions

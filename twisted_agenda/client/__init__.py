@@ -52,6 +52,10 @@ CONNECT_TIMEOUT = 5.0
 REQUEST_TIMEOUT = 30.0
 #: Seconds between rounds of reconnection when every node is down (capped).
 RETRY_DELAYS = (0.5, 1.0, 2.0, 5.0)
+#: Seconds between heartbeats on a watching connection, and the longest a
+#: heartbeat may wait for its reply (capped by the request timeout).
+HEARTBEAT_INTERVAL = 5.0
+HEARTBEAT_TIMEOUT = 10.0
 
 
 # -- addresses -----------------------------------------------------------------
@@ -461,6 +465,8 @@ class AgendaClient:
         request_timeout: float | None = REQUEST_TIMEOUT,
         on_event: Callable[[Event], Any] | None = None,
         on_status: Callable[[Status], Any] | None = None,
+        heartbeat: float | None = HEARTBEAT_INTERVAL,
+        heartbeat_timeout: float | None = None,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor
@@ -483,6 +489,14 @@ class AgendaClient:
         self._closed = False
         self._retry_call = None
         self._retries = 0
+        #: Seconds between heartbeats while watching (None: none).
+        self.heartbeat = heartbeat
+        if heartbeat_timeout is None:
+            heartbeat_timeout = min(
+                request_timeout or HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT
+            )
+        self.heartbeat_timeout = heartbeat_timeout
+        self._heartbeat_call = None
 
     # -- connection --------------------------------------------------------
 
@@ -582,6 +596,7 @@ class AgendaClient:
         await self.connect()
         await self._request("WATCH", retry=False)
         self._retries = 0
+        self._beat_soon()
         moved = previous is not None and previous != self.address
         how = f"reconnected (moved from {previous})" if moved else "reconnected"
         self._status(
@@ -590,6 +605,47 @@ class AgendaClient:
             self.address,
             self.node_id,
         )
+
+    # A watching connection is quiet by design, so a node that hangs (stopped,
+    # swapped out, a dead link that TCP has not noticed) would go unnoticed:
+    # the client would say "connected" and show no change ever again. Every
+    # ``heartbeat`` seconds it sends WATCH again, which a watching node
+    # answers at once with "OK watching" and nothing else (docs/protocol.md:
+    # "WATCH twice is the same as once"); no reply within
+    # ``heartbeat_timeout`` counts as the node being down, so the client
+    # moves to the next node, as when the connection drops.
+
+    def _beat_soon(self) -> None:
+        if self.heartbeat is None or self._closed or not self._watching:
+            return
+        if self._heartbeat_call is not None and self._heartbeat_call.active():
+            self._heartbeat_call.cancel()
+        self._heartbeat_call = self.reactor.callLater(self.heartbeat, self._beat)
+
+    def _beat(self) -> None:
+        self._heartbeat_call = None
+        protocol = self.protocol
+        if self._closed or not self._watching or protocol is None:
+            return
+        if not protocol.connected_:
+            return  # the loss is on its way, and with it a new WATCH
+        d = protocol.request("WATCH")
+        d.addTimeout(self.heartbeat_timeout, self.reactor, self._hung(protocol))
+
+        def answered(_: Any) -> None:
+            if protocol is self.protocol:
+                self._beat_soon()
+
+        def failed(failure: Failure) -> None:
+            # Lost (or hung, which counts as lost): reconnecting is under
+            # way and starts the heartbeat again. An ERR reply (a node that
+            # stopped our WATCH) is a reason to start over, the same way.
+            failure.trap(AgendaError)
+            if protocol is self.protocol and not failure.check(ConnectionLost):
+                log.info("heartbeat refused: {why}", why=_describe(failure))
+                protocol.transport.loseConnection()
+
+        d.addCallbacks(answered, failed)
 
     def _rewatch_failed(self, failure: Failure) -> None:
         if self._closed or not self._watching:
@@ -626,6 +682,8 @@ class AgendaClient:
         self._watching = False
         if self._retry_call is not None and self._retry_call.active():
             self._retry_call.cancel()
+        if self._heartbeat_call is not None and self._heartbeat_call.active():
+            self._heartbeat_call.cancel()
         protocol, self.protocol = self.protocol, None
         if protocol is None or not protocol.connected_:
             return defer.succeed(None)
@@ -738,6 +796,7 @@ class AgendaClient:
         """Stream changes to ``on_event``, across reconnections, until close."""
         self._watching = True
         await self._request("WATCH", retry=True)
+        self._beat_soon()
         self._status(
             "connected",
             f"connected to node {self.node_id} at {self.address}",
@@ -749,6 +808,8 @@ class AgendaClient:
     @_deferred
     async def unwatch(self) -> None:
         self._watching = False
+        if self._heartbeat_call is not None and self._heartbeat_call.active():
+            self._heartbeat_call.cancel()
         if self.connected:
             await self._request("UNWATCH", retry=False)
 

@@ -1,8 +1,8 @@
 """``agenda``: the command-line client.
 
 Data goes to stdout (a table, or JSON with ``--json``); messages go to
-stderr. Exit status: 0 ok, 1 not found or refused by the node, 2 usage
-error or no node reachable.
+stderr. Exit status: 0 ok (``watch`` stopped with Ctrl-C too), 1 not found
+or refused by the node, 2 usage error or no node reachable.
 """
 
 from __future__ import annotations
@@ -43,8 +43,9 @@ EPILOG = f"""\
 servers: --server takes host:port, comma-separated; the next one is tried
 when a node is down. Default: $AGENDA_SERVER, else {DEFAULT_SERVERS}.
 
-exit status: 0 ok, 1 not found or refused by the node (find: no match;
-import: some cards skipped), 2 usage error or no node reachable.
+exit status: 0 ok (watch: stopped with Ctrl-C), 1 not found or refused by
+the node (find: no match; import: some cards skipped), 2 usage error or no
+node reachable.
 
 examples:
   agenda add "Maria da Silva" "+55 11 91234-5678" --email maria@example.com
@@ -325,7 +326,14 @@ async def cmd_watch(client: AgendaClient, args, out: Output) -> int:
 
     client.on_event = on_event
     client.on_status = on_status
-    await client.watch()
+    # Ctrl-C stops the reactor: close the connection first, so that its end
+    # is not reported as a lost node. The exit status is then 0.
+    trigger = client.reactor.addSystemEventTrigger("before", "shutdown", client.close)
+    try:
+        await client.watch()
+    except Exception:
+        client.reactor.removeSystemEventTrigger(trigger)
+        raise
     out.say("watching for changes; Ctrl-C stops")
     # Runs until interrupted; the client reconnects by itself meanwhile.
     await defer.Deferred()
@@ -381,7 +389,7 @@ async def cmd_import(client: AgendaClient, args, out: Output, stdin=None) -> int
         out.say(f"{name}: no contacts found")
         return EXIT_REFUSED
     actions = vcard.plan_import(cards, await client.list(), region)
-    report = await import_actions(client, actions, _Progress(out), args.dry_run)
+    report = await import_actions(client, actions, _Progress(out), args.dry_run, region)
     _report(report, name, args, out)
     return EXIT_REFUSED if report.skipped else EXIT_OK
 
@@ -401,6 +409,8 @@ def _report(report: ImportReport, name: str, args, out: Output) -> None:
         for card in report.added + report.updated + report.unchanged:
             for warning in card.warnings:
                 out.say(f"{name}: {card.label}: note: {warning}")
+    if report.stopped is not None:
+        out.say(f"{name}: import stopped: {report.stopped}")
     would = "would be " if args.dry_run else ""
     out.say(f"{name}: {report.total} cards: {would}{report.summary()}")
     if out.json:

@@ -9,11 +9,12 @@ whose nested event loop would stop the reactor while they are open.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import sys
 import tkinter as tk
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from tkinter import ttk
 from typing import Any
@@ -25,6 +26,7 @@ from twisted.python.failure import Failure
 from twisted_agenda import __version__
 from twisted_agenda.client import (
     DEFAULT_SERVERS,
+    HEARTBEAT_INTERVAL,
     AgendaClient,
     AgendaError,
     ConnectionFailed,
@@ -32,8 +34,8 @@ from twisted_agenda.client import (
     Status,
     parse_servers,
 )
-from twisted_agenda.model import Contact, contact_key, matches
-from twisted_agenda.phone import phone_matches
+from twisted_agenda.model import Contact, contact_key, fold
+from twisted_agenda.phone import check_region, phone_haystacks, phone_needles
 
 log = Logger()
 
@@ -41,6 +43,12 @@ TITLE = "Agenda"
 COLUMNS = ("name", "phone", "email")
 #: Seconds between attempts while no node at all can be reached.
 RETRY_SECONDS = 5.0
+#: Milliseconds the search box waits for the next key before filtering, so
+#: typing a word into a big book filters once, not once per letter.
+SEARCH_DELAY_MS = 150
+#: Contacts whose search data is worked out per reactor turn, in the
+#: background, so that the first search in a big book is as quick as the rest.
+WARM_CHUNK = 500
 
 
 def config_path() -> Path:
@@ -223,20 +231,36 @@ class AgendaApp:
         config_file: Path | None = None,
         request_timeout: float = 15.0,
         on_close: Callable[[], Any] | None = None,
+        heartbeat: float | None = HEARTBEAT_INTERVAL,
     ) -> None:
         self.root = root
         self.reactor = reactor
         self.config_file = config_file or config_path()
         self.config = load_config(self.config_file)
         self.request_timeout = request_timeout
+        #: Seconds between checks that the watched node still answers.
+        self.heartbeat = heartbeat
         self.on_close = on_close
         self.client: AgendaClient | None = None
-        self.contacts: dict[str, Contact] = {}
+        #: The node's --default-region (from its STATUS), for phone searches.
+        self.region: str | None = None
+        self._contacts: dict[str, Contact] = {}
+        self._book_version = 0  # bumped whenever the book changes
         self.dialog: ContactDialog | ConfirmDialog | None = None
         self._iids: dict[str, str] = {}  # contact key -> tree item
         self._keys: dict[str, str] = {}  # tree item -> contact key
+        self._values: dict[str, tuple[str, ...]] = {}  # tree item -> its values
+        self._children: list[str] = []  # the items the table shows, in order
         self._next_iid = 0
+        # Search data per contact key: (contact, folded name/phone/email).
+        self._folded: dict[str, tuple[Contact, tuple[str, str, str]]] = {}
+        self._haystacks: dict[str, tuple[Contact, tuple[str, ...]]] = {}
+        self._ordered: list[Contact] | None = None  # the book in table order
+        self._ordered_for: tuple | None = None
         self._render_call = None
+        self._search_call: str | None = None
+        self._warm_call = None
+        self._warm_queue: Iterator[Contact] = iter(())
         self._retry_call = None
         self._sort = ("name", False)
         self._loading = 0
@@ -279,8 +303,9 @@ class AgendaApp:
         self.search_var = tk.StringVar()
         self.search_entry = ttk.Entry(search, textvariable=self.search_var)
         self.search_entry.grid(row=0, column=1, sticky="ew", padx=4)
-        self.search_var.trace_add("write", lambda *_: self.render())
+        self.search_var.trace_add("write", lambda *_: self._search_changed())
         self.search_entry.bind("<Down>", lambda e: self._focus_table())
+        self.search_entry.bind("<Return>", lambda e: self._search_now())
         self.count_var = tk.StringVar()
         ttk.Label(search, textvariable=self.count_var).grid(row=0, column=2)
 
@@ -317,10 +342,21 @@ class AgendaApp:
         self.edit_button.grid(row=0, column=1, padx=(0, 4))
         self.remove_button.grid(row=0, column=2)
         self.message_var = tk.StringVar()
+        # Like the status bar, a long message must not widen the window: it
+        # takes the room there is (width=1) and wraps to fit in it.
         self.message_label = ttk.Label(
-            buttons, textvariable=self.message_var, anchor="e", wraplength=420
+            buttons,
+            textvariable=self.message_var,
+            anchor="e",
+            justify="right",
+            width=1,
+            wraplength=420,
         )
-        self.message_label.grid(row=0, column=3, sticky="e")
+        self.message_label.grid(row=0, column=3, sticky="ew", padx=(8, 0))
+        self.message_label.bind(
+            "<Configure>",
+            lambda e: self.message_label.configure(wraplength=max(e.width, 40)),
+        )
         ttk.Label(
             buttons,
             text="Ctrl+N add · Enter edit · Delete remove · Ctrl+F search",
@@ -328,8 +364,11 @@ class AgendaApp:
         ).grid(row=1, column=0, columnspan=4, sticky="w", pady=(4, 0))
 
         self.status_var = tk.StringVar(value="Not connected: choose servers, Connect.")
+        # width=1: a long message is cut at the window's edge instead of
+        # asking for a wider window (which, with no window manager to say
+        # no, the window would become).
         self.status_label = ttk.Label(
-            root, textvariable=self.status_var, relief="sunken", padding=(6, 2)
+            root, textvariable=self.status_var, relief="sunken", padding=(6, 2), width=1
         )
         self.status_label.grid(row=4, column=0, sticky="ew")
 
@@ -343,6 +382,7 @@ class AgendaApp:
         self.search_entry.select_range(0, "end")
 
     def _focus_table(self) -> None:
+        self._search_now()
         self.tree.focus_set()
         children = self.tree.get_children()
         if children and not self.tree.selection():
@@ -382,6 +422,7 @@ class AgendaApp:
             request_timeout=self.request_timeout,
             on_event=self._event,
             on_status=self._status,
+            heartbeat=self.heartbeat,
         )
         self.say("")
         self._watch(self.client)
@@ -410,6 +451,7 @@ class AgendaApp:
             self.root.title(f"{TITLE} — node {status.node_id}")
             # Anything may have changed while we were not watching.
             self.reload()
+            self._load_region()
         elif status.state == "disconnected":
             self.root.title(f"{TITLE} — disconnected")
 
@@ -431,12 +473,47 @@ class AgendaApp:
         d = client.list().addCallbacks(loaded, self._failed)
         return d.addBoth(done)
 
+    def _load_region(self) -> None:
+        """Search phones as the node does: local numbers in its region."""
+        client = self.client
+        if client is None:
+            return
+
+        def loaded(status) -> None:
+            if client is not self.client:
+                return
+            try:
+                region = check_region(status.fields.get("default_region"))
+            except ValueError:
+                region = None
+            if region != self.region:
+                self.region = region
+                self._haystacks.clear()
+                self.render()
+
+        def not_told(failure: Failure) -> None:
+            # The node went meanwhile: the next connection asks again.
+            failure.trap(AgendaError)
+
+        client.status().addCallbacks(loaded, not_told)
+
+    @property
+    def contacts(self) -> dict[str, Contact]:
+        """The whole book, by contact key (assign a new dict to replace it)."""
+        return self._contacts
+
+    @contacts.setter
+    def contacts(self, contacts: dict[str, Contact]) -> None:
+        self._contacts = contacts
+        self._book_version += 1
+
     def _event(self, event: Event) -> None:
         contact = event.contact
         if event.kind == "removed":
-            self.contacts.pop(contact.key, None)
+            self._contacts.pop(contact.key, None)
         else:
-            self.contacts[contact.key] = contact
+            self._contacts[contact.key] = contact
+        self._book_version += 1
         # A burst of events (an import elsewhere) renders once.
         if self._render_call is None:
             self._render_call = self.reactor.callLater(0, self.render)
@@ -455,55 +532,154 @@ class AgendaApp:
 
     # -- the table -----------------------------------------------------------
 
-    def visible(self) -> list[Contact]:
-        """The contacts the search lets through, in table order."""
-        query = self.search_var.get()
-        shown = [
-            c
-            for c in self.contacts.values()
-            if matches(c, query) or phone_matches(query, c.phone)
-        ]
+    def _in_order(self) -> list[Contact]:
+        """The whole book sorted as the table shows it (kept until it changes)."""
         column, reverse = self._sort
-        if column == "name":
-            key = lambda c: (c.key, c.name)  # noqa: E731
-        else:
-            key = lambda c: (getattr(c, column).casefold(), c.key)  # noqa: E731
-        return sorted(shown, key=key, reverse=reverse)
+        wanted = (self._book_version, id(self._contacts), column, reverse)
+        if self._ordered is None or self._ordered_for != wanted:
+            if column == "name":
+                key = lambda c: (c.key, c.name)  # noqa: E731
+            else:
+                key = lambda c: (getattr(c, column).casefold(), c.key)  # noqa: E731
+            self._ordered = sorted(self._contacts.values(), key=key, reverse=reverse)
+            self._ordered_for = wanted
+        return self._ordered
+
+    def _folds(self, contact: Contact) -> tuple[str, str, str]:
+        entry = self._folded.get(contact.key)
+        if entry is None or entry[0] is not contact:
+            entry = (
+                contact,
+                (fold(contact.name), fold(contact.phone), fold(contact.email)),
+            )
+            self._folded[contact.key] = entry
+        return entry[1]
+
+    def _phone_digits(self, contact: Contact) -> tuple[str, ...]:
+        entry = self._haystacks.get(contact.key)
+        if entry is None or entry[0] is not contact:
+            entry = (contact, phone_haystacks(contact.phone, self.region))
+            self._haystacks[contact.key] = entry
+        return entry[1]
+
+    def visible(self) -> list[Contact]:
+        """The contacts the search lets through, in table order.
+
+        The node's FIND rules (``model.matches``, in the node's region), with
+        each contact's folded text and phone digits worked out once.
+        """
+        ordered = self._in_order()
+        query = self.search_var.get()
+        needle = fold(query.strip())
+        if not needle:
+            return list(ordered)
+        needles = phone_needles(query, self.region)
+        shown = []
+        for contact in ordered:
+            name, phone, email = self._folds(contact)
+            if needle in name or needle in phone or needle in email:
+                shown.append(contact)
+            elif needles and contact.phone:
+                haystacks = self._phone_digits(contact)
+                if any(n in h for n in needles for h in haystacks):
+                    shown.append(contact)
+        return shown
 
     def sort_by(self, column: str) -> None:
         current, reverse = self._sort
         self._sort = (column, not reverse if current == column else False)
         self.render()
 
+    @property
+    def searching(self) -> bool:
+        """Whether typed search text waits to be applied (SEARCH_DELAY_MS)."""
+        return self._search_call is not None
+
+    def _search_changed(self) -> None:
+        # Filter once the typing pauses, not on every key.
+        if self._search_call is not None:
+            self.root.after_cancel(self._search_call)
+        self._search_call = self.root.after(SEARCH_DELAY_MS, self._search_now)
+
+    def _search_now(self) -> None:
+        """Filter now if a search is waiting (Enter, Down, the delay)."""
+        if self._search_call is not None:
+            self.render()
+
     def render(self) -> None:
-        """Make the table show ``visible()``, keeping the selection."""
+        """Make the table show ``visible()``, keeping the selection.
+
+        Linear in the size of the book: items are made once per contact and
+        then only detached and re-attached in order (one ``children`` call),
+        and a row is rewritten only when its contact changed.
+        """
         if self._render_call is not None and self._render_call.active():
             self._render_call.cancel()
         self._render_call = None
+        if self._search_call is not None:
+            self.root.after_cancel(self._search_call)
+            self._search_call = None
         wanted = self.visible()
-        wanted_keys = {c.key for c in wanted}
-        for key in [k for k in self._iids if k not in wanted_keys]:
-            iid = self._iids.pop(key)
-            del self._keys[iid]
-            self.tree.delete(iid)
-        for index, contact in enumerate(wanted):
-            values = tuple(getattr(contact, c) for c in COLUMNS)
+        tree = self.tree
+        gone = [k for k in self._iids if k not in self._contacts]
+        if gone:
+            items = [self._iids.pop(key) for key in gone]
+            for key, iid in zip(gone, items, strict=True):
+                del self._keys[iid], self._values[iid]
+                self._folded.pop(key, None)
+                self._haystacks.pop(key, None)
+            tree.delete(*items)
+            self._children = [iid for iid in self._children if iid in self._keys]
+        children = []
+        call, path = tree.tk.call, str(tree)
+        for contact in wanted:
+            values = (contact.name, contact.phone, contact.email)
             iid = self._iids.get(contact.key)
             if iid is None:
                 # Our own item ids: a name may hold any character at all.
                 self._next_iid += 1
                 iid = f"c{self._next_iid}"
                 self._iids[contact.key], self._keys[iid] = iid, contact.key
-                self.tree.insert("", index, iid=iid, values=values)
-            else:
-                self.tree.item(iid, values=values)
-                if self.tree.index(iid) != index:
-                    self.tree.move(iid, "", index)
-        total = len(self.contacts)
-        shown = len(wanted)
+                call(path, "insert", "", "end", "-id", iid, "-values", values)
+                self._values[iid] = values
+            elif self._values[iid] != values:
+                tree.item(iid, values=values)
+                self._values[iid] = values
+            children.append(iid)
+        if children != self._children:
+            selected = tree.selection()
+            tree.set_children("", *children)
+            self._children = children
+            shown = set(children)
+            hidden = [iid for iid in selected if iid not in shown]
+            if hidden:
+                tree.selection_remove(*hidden)
+        total = len(self._contacts)
+        count = len(wanted)
         self.count_var.set(
-            f"{total} contacts" if shown == total else f"{shown} of {total} contacts"
+            f"{total} contacts" if count == total else f"{count} of {total} contacts"
         )
+        self._warm_soon()
+
+    def _warm_soon(self) -> None:
+        """Work out search data for the whole book, a chunk per reactor turn."""
+        if self._warm_call is not None:
+            return
+        total = len(self._contacts)
+        if len(self._folded) >= total and len(self._haystacks) >= total:
+            return
+        self._warm_queue = iter(list(self._contacts.values()))
+        self._warm_call = self.reactor.callLater(0, self._warm)
+
+    def _warm(self) -> None:
+        self._warm_call = None
+        chunk = list(itertools.islice(self._warm_queue, WARM_CHUNK))
+        for contact in chunk:
+            if self._contacts.get(contact.key) is contact:
+                self._folds(contact)
+                self._phone_digits(contact)
+        if len(chunk) == WARM_CHUNK:
+            self._warm_call = self.reactor.callLater(0, self._warm)
 
     def rows(self) -> list[tuple[str, ...]]:
         """What the table shows, top to bottom, as text."""
@@ -566,6 +742,12 @@ class AgendaApp:
         if self._render_call is not None and self._render_call.active():
             self._render_call.cancel()
         self._render_call = None
+        if self._search_call is not None:
+            self.root.after_cancel(self._search_call)
+            self._search_call = None
+        if self._warm_call is not None and self._warm_call.active():
+            self._warm_call.cancel()
+        self._warm_call = None
         d = self._stop_client()
         if self.on_close is not None:
             d.addBoth(lambda _: self.on_close())
