@@ -63,21 +63,24 @@ def test_find(agenda):
     assert [c.name for c in agenda.node.find("")] == ["João", "Maria"]
 
 
-def test_update_writes_only_the_changed_fields(agenda):
+def test_update_writes_the_fields_it_names(agenda):
     agenda.node.add("Maria", "123", email="m@example.com", note="x")
     d = agenda.node.update("maria", phone="123", note="y")
     agenda.settle()
     assert result(d) == Contact("Maria", "123", "m@example.com", "y")
-    assert recover(agenda.datadir).ops[-1].fields == {"note": "y"}
+    assert recover(agenda.datadir).ops[-1].fields == {"phone": "123", "note": "y"}
 
 
-def test_update_without_a_change_writes_nothing(agenda):
+def test_an_update_to_the_same_values_is_still_a_write_but_no_event(agenda):
     agenda.node.add("Maria", "123")
     agenda.settle()
+    heard = []
+    agenda.node.watchers.add(heard.append)
     d = agenda.node.update("Maria", phone="123", note="")
-    assert result(d) == Contact("Maria", "123")
     agenda.settle()
-    assert agenda.node.replica.vv == {"a1": 1}
+    assert result(d) == Contact("Maria", "123")
+    assert agenda.node.replica.vv == {"a1": 2}
+    assert heard == [], "nothing a user would notice changed"
 
 
 def test_update_refuses_unknown_contacts_and_bad_fields(agenda):

@@ -325,6 +325,20 @@ def test_a_chain_end_keeps_tombstones_a_node_it_never_hears_from_may_need(net):
         assert [c.name for c in net.book(name)] == ["Trigger 0", "Trigger 1"], name
 
 
+def test_a_later_update_wins_even_when_it_repeats_the_value_here(net):
+    net.node("a"), net.node("b")
+    net.connect("a", "b")
+    net.write("a", "add", "Kim", "555-0000", note="a")
+    net.settle()
+    net.disconnect("a", "b")
+    net.write("b", "update", "Kim", note="b")
+    net.clock.advance(1)
+    net.write("a", "update", "Kim", note="a")  # what a already shows
+    net.connect("a", "b")
+    net.settle()
+    assert net.book("a") == net.book("b") == [Contact("Kim", "555-0000", note="a")]
+
+
 def test_tombstones_go_once_every_peer_has_them(net):
     names = "abc"
     for name in names:

@@ -200,13 +200,12 @@ class Node:
     def update(self, name: str, **changes: str) -> defer.Deferred:
         fields = self._clean(changes)
         key = lookup_key(name)
-        current = self.replica.get(key)
-        if current is None:
+        if self.replica.get(key) is None:
             raise NotFound(name)
-        changed = {f: v for f, v in fields.items() if getattr(current, f) != v}
-        if not changed:
-            return defer.succeed(current)
-        return self._write(key, PUT, changed)
+        # Every field named is written, even one that already holds the
+        # value here: another node may hold an older edit we have not seen,
+        # and this later one must win over it everywhere.
+        return self._write(key, PUT, fields)
 
     def remove(self, name: str) -> defer.Deferred:
         key = lookup_key(name)
