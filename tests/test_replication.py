@@ -325,6 +325,33 @@ def test_a_chain_end_keeps_tombstones_a_node_it_never_hears_from_may_need(net):
         assert [c.name for c in net.book(name)] == ["Trigger 0", "Trigger 1"], name
 
 
+def test_a_restarted_middle_node_does_not_vouch_for_a_peer_it_has_not_heard(net):
+    a = net.node("a", expected_peers=1, compact_min_ops=1, compact_ratio=0.0)
+    net.node("b", expected_peers=2)
+    net.node("c", expected_peers=1)
+    net.connect("a", "b"), net.connect("c", "b")
+    net.write("a", "add", "Kim", "555-0000")
+    net.settle()
+    net.sync()
+    net.disconnect("c", "b")
+    net.write("c", "update", "Kim", note="from c")
+    net.restart("b", expected_peers=2)  # it knows of c only once c answers
+    net.connect("a", "b")
+    net.clock.advance(1)
+    net.write("a", "remove", "Kim")
+    net.settle()
+    net.sync()
+    for i in range(2):
+        net.write("a", "add", f"Trigger {i}", "555-0001")
+        net.settle()
+    assert "kim" in a.replica.records
+    net.connect("c", "b")
+    net.settle()
+    net.sync()
+    for name in "abc":
+        assert [c.name for c in net.book(name)] == ["Trigger 0", "Trigger 1"], name
+
+
 def test_a_later_update_wins_even_when_it_repeats_the_value_here(net):
     net.node("a"), net.node("b")
     net.connect("a", "b")

@@ -276,9 +276,18 @@ class Node:
                 peer=peer,
             )
 
-    def peer_knows(self, peer: str, members: frozenset[str]) -> None:
-        """``peer`` hears from ``members`` directly (its Sync said so)."""
-        self.peer_members[peer] = members
+    def peer_knows(self, peer: str, members: frozenset[str] | None) -> None:
+        """``peer`` hears from ``members`` directly (its Sync said so); None:
+        it does not know yet (a node it is configured with never answered)."""
+        if members is None:
+            self.peer_members.pop(peer, None)
+        else:
+            self.peer_members[peer] = members
+
+    def members(self) -> list[str] | None:
+        """The nodes we hear from directly, for our Syncs; None while a
+        configured peer has never answered (it may hold anything)."""
+        return None if self.unidentified_peers() else list(self.peer_vvs)
 
     def receive(self, ops: Iterable[Op]) -> tuple[defer.Deferred, str]:
         """Apply peer ops; the Deferred fires with our durable vv afterwards.

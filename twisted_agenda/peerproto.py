@@ -136,7 +136,8 @@ class NodeIdsArgument(amp.Argument):
 
 
 class Sync(amp.Command):
-    # ``peers``: the nodes the sender hears from directly (tombstone GC).
+    # ``peers``: the nodes the sender hears from directly (tombstone GC);
+    # left out while some node it is configured with has not answered yet.
     arguments = [
         (b"vv", VersionVectorArgument()),
         (b"peers", NodeIdsArgument(optional=True)),
@@ -326,12 +327,11 @@ class PeerProtocol(amp.AMP):
     def sync(self):
         """One anti-entropy round; fires with the peer's answer."""
         node = self.hub.node
-        d = self.callRemote(Sync, vv=dict(node.durable_vv), peers=list(node.peer_vvs))
+        d = self.callRemote(Sync, vv=dict(node.durable_vv), peers=node.members())
         return d.addCallback(self._synced)
 
     def _synced(self, response: dict) -> None:
-        if response.get("peers") is not None:
-            self.hub.node.peer_knows(self.peer_id, response["peers"])
+        self.hub.node.peer_knows(self.peer_id, response.get("peers"))
         self.stream.resync(response["vv"])
 
     # -- responders ------------------------------------------------------------
@@ -391,10 +391,9 @@ class PeerProtocol(amp.AMP):
     def sync_responder(self, vv: dict, peers: frozenset[str] | None = None) -> dict:
         stream = self._introduced()
         node = self.hub.node
-        if peers is not None:
-            node.peer_knows(self.peer_id, peers)
+        node.peer_knows(self.peer_id, peers)
         stream.resync(vv)
-        return {"vv": dict(node.durable_vv), "peers": list(node.peer_vvs)}
+        return {"vv": dict(node.durable_vv), "peers": node.members()}
 
     @SnapshotPage.responder
     def snapshot_page(self, records: bytes, last: bool, vv: dict):
