@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import random
 import shlex
 import signal
 import socket
@@ -46,15 +47,36 @@ _handed_out: set[int] = set()
 _live: weakref.WeakSet[NodeProcess] = weakref.WeakSet()
 
 
-def free_port() -> int:
-    """A loopback port nothing listens on now, never the same twice per run.
+def _ephemeral_ports() -> range:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low, high = map(int, f.read().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999
+    return range(low, high + 1)
 
-    Ports the kernel hands out for ``bind(0)`` are reused quickly; remembering
-    them keeps two nodes of one test from being given the same number.
-    """
+
+#: Where the kernel picks the local ports of outgoing connections. A node is
+#: restarted on its old ports, so they must come from outside this range: a
+#: peer connection could otherwise hold one of them meanwhile.
+_EPHEMERAL = _ephemeral_ports()
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on now, never the same twice per run,
+    and outside the kernel's range for outgoing connections (if it leaves
+    any room)."""
+    rng = random.Random()
+    roomy = len(_EPHEMERAL) < 40_000
     while True:
+        port = rng.randrange(10_000, 65_536) if roomy else 0
+        if port in _EPHEMERAL or port in _handed_out:
+            continue
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind((HOST, 0))
+            try:
+                s.bind((HOST, port))
+            except OSError:
+                continue
             port = s.getsockname()[1]
         if port not in _handed_out:
             _handed_out.add(port)
