@@ -292,8 +292,9 @@ class Node:
     def receive(self, ops: Iterable[Op]) -> tuple[defer.Deferred, str]:
         """Apply peer ops; the Deferred fires with our durable vv afterwards.
 
-        Returns a refusal reason too ("" if none): ops stamped too far in the
-        future stop the batch there and wait until our clock catches up.
+        Returns a refusal reason too ("" if none): an op stamped too far in
+        the future holds back the rest of its origin's ops in the batch,
+        until our clock catches up; other origins' ops are applied.
         """
         if self.journal.failed:
             # Nothing may change in memory that could not become durable.
