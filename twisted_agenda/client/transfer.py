@@ -149,19 +149,21 @@ async def import_actions(
         elif dry_run:
             (report.added if action.kind == ADD else report.updated).append(card)
         else:
-            outcome = await attempt(action)
-            if isinstance(outcome, str):
-                (report.added if outcome == ADD else report.updated).append(card)
+            outcome, reason = await attempt(action)
+            if outcome == ADD:
+                report.added.append(card)
+            elif outcome == UPDATE:
+                report.updated.append(card)
             else:
-                report.skipped.append((card, outcome[0]))
+                report.skipped.append((card, reason))
         progress()
 
-    async def attempt(action: Action) -> str | tuple[str]:
-        """The outcome (ADD or UPDATE), or (reason,) for a skipped card."""
+    async def attempt(action: Action) -> tuple[str | None, str]:
+        """``(ADD or UPDATE, "")`` once made, or ``(None, why)`` if skipped."""
         uncertain: str | None = None  # a write of this card was cut off
         while True:
             if report.stopped is not None:
-                return (uncertain or f"not sent: {report.stopped}",)
+                return None, uncertain or f"not sent: {report.stopped}"
             try:
                 await client.connect()
             except AgendaError as e:
@@ -169,16 +171,16 @@ async def import_actions(
                 continue
             connection, address = client.protocol, client.address
             try:
-                return await write(action, again=uncertain is not None)
+                return await write(action, again=uncertain is not None), ""
             except ConnectionFailed as e:
                 stop(e.message)
             except ConnectionLost as e:
                 connection_lost(connection, address)
                 if uncertain is not None:
-                    return (uncertain,)
+                    return None, uncertain
                 uncertain = e.message
             except AgendaError as e:
-                return (e.message,)
+                return None, e.message
 
     async def worker(queue: Iterator[Action]) -> None:
         # Each worker takes the next card when its last one is done: a few
