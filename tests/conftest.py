@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from hypothesis import settings
 from nodeproc import NodeProcess
 from twisted.internet import defer, error, task
 from twisted.internet.address import IPv4Address
@@ -26,6 +27,12 @@ from twisted.python.failure import Failure
 from twisted_agenda.datadir import DataDir
 from twisted_agenda.lineproto import AgendaLineFactory, AgendaLineProtocol
 from twisted_agenda.node import Node
+
+# Timing is the benchmarks' job (bench/), never a test's: the machines that
+# run the tests are shared and noisy, so Hypothesis sets no deadline.
+settings.register_profile("agenda", deadline=None)
+settings.load_profile("agenda")
+
 
 # -- in-memory nodes ----------------------------------------------------------
 

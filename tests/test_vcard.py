@@ -245,7 +245,7 @@ _name = _text.map(lambda s: unicodedata.normalize("NFC", s.strip())).filter(bool
 _note = _text.map(str.strip)
 
 
-@settings(max_examples=200, deadline=None)  # noisy machines: no timing
+@settings(max_examples=200)
 @given(
     st.lists(
         st.builds(
